@@ -1,0 +1,29 @@
+# Every target sets up .venv itself from pyproject.toml (re-installs when pyproject.toml changes).
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: test bench demo style quality clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[eval,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/bench_layers.py
+
+style: $(STAMP)
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+quality: $(STAMP)
+	$(PY) -m ruff format --check . && $(PY) -m ruff check .
+
+clean-venv:
+	rm -rf .venv

@@ -1,0 +1,1 @@
+"""Controllable generation (oft-control): hint encoder, Lightning module, datasets, task registry."""
