@@ -15,12 +15,39 @@ from .coft import project_, project_after_step
 from .config import OFTConfig
 from .energy import hyperspherical_energy
 from .inject import count_trainable, inject, merge, oft_modules, strip, unmerge, wrap
-from .io import adapter_metadata, adapter_state_dict, load_adapter, load_adapter_state_dict, read_adapter, save_adapter
+from .io import (
+    adapter_metadata,
+    adapter_state_dict,
+    load_adapter,
+    load_adapter_state_dict,
+    read_adapter,
+    save_adapter,
+)
 from .layers import OFTConv2d, OFTLayer, OFTLinear, rotate_rows
 
 __all__ = [
-    "CONVENTION", "OFTConfig", "OFTConv2d", "OFTLayer", "OFTLinear", "adapter_metadata", "adapter_state_dict",
-    "cayley", "count_trainable", "hyperspherical_energy", "inject", "load_adapter", "load_adapter_state_dict",
-    "merge", "oft_modules", "project_", "project_after_step", "read_adapter", "rotate_rows", "save_adapter",
-    "skew", "strip", "unmerge", "wrap",
+    "CONVENTION",
+    "OFTConfig",
+    "OFTConv2d",
+    "OFTLayer",
+    "OFTLinear",
+    "adapter_metadata",
+    "adapter_state_dict",
+    "cayley",
+    "count_trainable",
+    "hyperspherical_energy",
+    "inject",
+    "load_adapter",
+    "load_adapter_state_dict",
+    "merge",
+    "oft_modules",
+    "project_",
+    "project_after_step",
+    "read_adapter",
+    "rotate_rows",
+    "save_adapter",
+    "skew",
+    "strip",
+    "unmerge",
+    "wrap",
 ]

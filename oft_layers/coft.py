@@ -22,7 +22,9 @@ def project_(model: nn.Module) -> int:
         R = layer.R
         norms = torch.linalg.matrix_norm(R.float(), ord="fro", keepdim=True)  # (r, 1, 1) or (1, 1)
         if not torch.isfinite(norms).all():
-            raise FloatingPointError("COFT projection found NaN/inf in R: training diverged; lower the learning rate")
+            raise FloatingPointError(
+                "COFT projection found NaN/inf in R: training diverged; lower the learning rate"
+            )
         rho = layer.config.radius(layer.block_size)
         factor = torch.clamp(rho / norms.clamp_min(torch.finfo(norms.dtype).tiny), max=1.0)
         R.mul_(factor.to(R.dtype))

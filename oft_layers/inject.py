@@ -33,7 +33,9 @@ def wrap(module: nn.Module, config: OFTConfig, name: str = "") -> OFTLayer:
             return cls(module, config)
         except ValueError as err:
             raise ValueError(f"{name!r}: {err}") from None
-    raise TypeError(f"{name or 'module'} is a {type(module).__name__}; OFT wraps nn.Linear and nn.Conv2d only")
+    raise TypeError(
+        f"{name or 'module'} is a {type(module).__name__}; OFT wraps nn.Linear and nn.Conv2d only"
+    )
 
 
 def inject(model: nn.Module, targets: Sequence[str], **options) -> list[str]:
@@ -51,11 +53,15 @@ def inject(model: nn.Module, targets: Sequence[str], **options) -> list[str]:
     for pattern in patterns:
         hits = [n for n in names if pattern.fullmatch(n)]
         if not hits:
-            raise ValueError(f"target {pattern.pattern!r} matches no module of {type(model).__name__} "
-                             f"(module paths look like {names[:3]})")
+            raise ValueError(
+                f"target {pattern.pattern!r} matches no module of {type(model).__name__} "
+                f"(module paths look like {names[:3]})"
+            )
         chosen += [n for n in hits if n not in chosen]
     modules = dict(model.named_modules())
-    wrapped = [(name, wrap(modules[name], config, name)) for name in chosen]  # validate all before changing any
+    wrapped = [
+        (name, wrap(modules[name], config, name)) for name in chosen
+    ]  # validate all before changing any
     for name, layer in wrapped:
         _set_submodule(model, name, layer)
     return chosen

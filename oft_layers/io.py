@@ -35,8 +35,13 @@ def adapter_metadata(model: nn.Module) -> dict[str, str]:
     layers = {name: layer.config.to_dict() for name, layer in oft_modules(model)}
     if not layers:
         raise ValueError("the model has no OFT layers; inject(model, targets, ...) first")
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cayley_convention": CONVENTION,
-            "layers": json.dumps(layers), "targets": json.dumps(list(layers))}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cayley_convention": CONVENTION,
+        "layers": json.dumps(layers),
+        "targets": json.dumps(list(layers)),
+    }
     for key in ("r", "eps", "coft", "block_share", "magnitude"):
         values = {json.dumps(cfg[key]) for cfg in layers.values()}
         if len(values) == 1:
@@ -51,12 +56,16 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
         first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise ValueError(f"adapter does not fit this model: {first} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected); was it trained with other targets?")
+        raise ValueError(
+            f"adapter does not fit this model: {first} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected); was it trained with other targets?"
+        )
     for key, value in sd.items():
         if value.shape != own[key].shape:
-            raise ValueError(f"adapter does not fit this model: {key} has shape {tuple(value.shape)}, "
-                             f"the model expects {tuple(own[key].shape)} (different r, block_share or width?)")
+            raise ValueError(
+                f"adapter does not fit this model: {key} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(own[key].shape)} (different r, block_share or width?)"
+            )
         if not torch.isfinite(value).all():
             raise ValueError(f"adapter tensor {key} contains NaN/inf; the file comes from a diverged run")
     with torch.no_grad():
@@ -64,7 +73,9 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
             own[key].copy_(value)
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None
+) -> Path:
     """Write the adapter atomically (temporary file, then rename) as safetensors with its metadata."""
     path = Path(path)
     meta = adapter_metadata(model)
@@ -82,13 +93,21 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}); re-save or re-download it"
+        ) from None
+    with handle as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not an OFT adapter file (no '{FORMAT}' metadata)")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has adapter format version {meta.get('format_version')}, "
-                             f"this code reads version {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path} has adapter format version {meta.get('format_version')}, "
+                f"this code reads version {FORMAT_VERSION}"
+            )
         return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
@@ -102,8 +121,10 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     for name, options in layers.items():
         if name in present:
             if present[name].config != OFTConfig(**options):
-                raise ValueError(f"adapter layer {name} was trained with {options}, the model's OFT layer has "
-                                 f"{present[name].config.to_dict()}")
+                raise ValueError(
+                    f"adapter layer {name} was trained with {options}, the model's OFT layer has "
+                    f"{present[name].config.to_dict()}"
+                )
             continue
         if name not in modules:
             raise ValueError(f"adapter does not fit this model: it has no module {name!r}")

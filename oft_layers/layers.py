@@ -77,13 +77,19 @@ class OFTLayer(nn.Module):
         self.base = base.requires_grad_(False)
         self.config = config
         self.in_features, self.out_features = in_features, out_features
-        self.block_size = config.block_size(in_features, where=type(base).__name__ + f"({in_features}->{out_features})")
+        self.block_size = config.block_size(
+            in_features, where=type(base).__name__ + f"({in_features}->{out_features})"
+        )
         b, r = self.block_size, config.r
         dev = base.weight.device
         shape = (b, b) if config.block_share else (r, b, b)
         # Zero init: S = 0, Q = I, so the adapted layer equals the pretrained one at step 0.
         self.R = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=dev))
-        self.s = nn.Parameter(torch.ones(out_features, dtype=torch.float32, device=dev)) if config.magnitude else None
+        self.s = (
+            nn.Parameter(torch.ones(out_features, dtype=torch.float32, device=dev))
+            if config.magnitude
+            else None
+        )
         self.merged = False
 
     # --- the rotation -------------------------------------------------------------------------------------
@@ -122,7 +128,9 @@ class OFTLayer(nn.Module):
         W = self._flat_weight().float()
         if self.s is not None:
             if (self.s == 0).any():
-                raise ValueError("cannot unmerge: a magnitude scale is exactly 0, the original weight is lost")
+                raise ValueError(
+                    "cannot unmerge: a magnitude scale is exactly 0, the original weight is lost"
+                )
             W = W / self.s.float()[:, None]
         W = rotate_rows(W, self.rotation(), transpose=False)
         self.base.weight.copy_(W.reshape(self.base.weight.shape).to(self.base.weight.dtype))
@@ -130,8 +138,10 @@ class OFTLayer(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"r={c.r}, block_size={self.block_size}, coft={c.coft}, eps={c.eps}, block_share={c.block_share}, "
-                f"cayley={c.cayley}, magnitude={c.magnitude}, path={c.path}, merged={self.merged}")
+        return (
+            f"r={c.r}, block_size={self.block_size}, coft={c.coft}, eps={c.eps}, block_share={c.block_share}, "
+            f"cayley={c.cayley}, magnitude={c.magnitude}, path={c.path}, merged={self.merged}"
+        )
 
 
 class OFTLinear(OFTLayer):

@@ -103,7 +103,8 @@ def test_identity_at_initialisation():
     x, xc = torch.randn(3, 5, 16), torch.randn(2, 4, 8, 8)
     for path in ("weight", "input", "dense"):
         assert torch.equal(ol.OFTLinear(lin, r=4, path=path)(x), lin(x)) or torch.allclose(
-            ol.OFTLinear(lin, r=4, path=path)(x), lin(x), atol=1e-6)
+            ol.OFTLinear(lin, r=4, path=path)(x), lin(x), atol=1e-6
+        )
     assert torch.allclose(ol.OFTConv2d(conv, r=4)(xc), conv(xc), atol=1e-6)
     assert torch.allclose(ol.OFTLinear(lin, r=4, magnitude=True)(x), lin(x), atol=1e-6)
 
@@ -134,8 +135,13 @@ def test_magnitude_scale_multiplies_outputs_not_bias():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(kernel_size=3, stride=2, padding=1, dilation=1), dict(kernel_size=3, stride=1, padding=2, dilation=2),
-           dict(kernel_size=1), dict(kernel_size=(3, 1), padding=(1, 0))]
+    "kw",
+    [
+        dict(kernel_size=3, stride=2, padding=1, dilation=1),
+        dict(kernel_size=3, stride=1, padding=2, dilation=2),
+        dict(kernel_size=1),
+        dict(kernel_size=(3, 1), padding=(1, 0)),
+    ],
 )
 def test_conv2d_equals_convolution_with_rotated_filters(kw):
     torch.manual_seed(1)
@@ -358,7 +364,7 @@ def test_loading_refuses_mismatches(tmp_path):
         ol.inject(big, ["0", "2"], r=4)
         ol.load_adapter(wrong, ol.save_adapter(big, tmp_path / "b.safetensors"))
     (tmp_path / "c.safetensors").write_bytes(b"not a file")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
         ol.load_adapter(model, tmp_path / "c.safetensors")
     with pytest.raises(FileNotFoundError, match="not found"):
         ol.load_adapter(model, tmp_path / "missing.safetensors")
