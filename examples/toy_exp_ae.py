@@ -25,14 +25,22 @@ from oft.paths import data_root
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = toy_ae.CPU_DEFAULTS
-    p.add_argument("--paper", action="store_true", help="the reference setting: " + str(toy_ae.PAPER_DEFAULTS))
+    p.add_argument(
+        "--paper", action="store_true", help="the reference setting: " + str(toy_ae.PAPER_DEFAULTS)
+    )
     p.add_argument("--epochs", type=int, help=f"training epochs (CPU default {d.epochs})")
-    p.add_argument("--image-size", type=int, help=f"square image side, a multiple of 8 (default {d.image_size})")
+    p.add_argument(
+        "--image-size", type=int, help=f"square image side, a multiple of 8 (default {d.image_size})"
+    )
     p.add_argument("--num-images", type=int, help=f"training images (default {d.num_images})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--dataset", default="auto", choices=toy_ae.DATASETS, help="auto: flowers if present, else skimage")
-    p.add_argument("--download", action="store_true", help="download Flowers-102 with torchvision (needs internet)")
+    p.add_argument(
+        "--dataset", default="auto", choices=toy_ae.DATASETS, help="auto: flowers if present, else skimage"
+    )
+    p.add_argument(
+        "--download", action="store_true", help="download Flowers-102 with torchvision (needs internet)"
+    )
     p.add_argument("--data-root", help="datasets folder (default $OFT_DATA_ROOT or ./data)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/toy_exp_ae"))
     p.add_argument("--num-test", type=int, default=64, help="held-out images the errors are measured on")
@@ -44,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, field.name) is None:
             setattr(args, field.name, getattr(base, field.name))
     if args.image_size <= 0 or args.image_size % 8:
-        p.error(f"--image-size {args.image_size} must be a positive multiple of 8 (three stride-2 convolutions)")
+        p.error(
+            f"--image-size {args.image_size} must be a positive multiple of 8 (three stride-2 convolutions)"
+        )
     for name in ("epochs", "num_images", "batch_size", "num_test", "grid_rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -68,7 +78,9 @@ def main(args: argparse.Namespace) -> dict:
         model = toy_ae.ConvAutoEncoder()
         run_key = {"dataset": name, "seed": args.seed, **dataclasses.asdict(config)}
         run_key.pop("epochs")  # more epochs may continue a finished run
-        losses = toy_ae.train_autoencoder(model, train, config, args.seed, args.output_dir / "checkpoint.pt", run_key)
+        losses = toy_ae.train_autoencoder(
+            model, train, config, args.seed, args.output_dir / "checkpoint.pt", run_key
+        )
     except toy_ae.ToyDataError as err:
         sys.exit(f"error: {err}")
     scale = toy_ae.angle_scale(model, train)
@@ -76,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
     report = toy_ae.error_report(recons, test, train)
     rows = slice(0, args.grid_rows)
     grid = args.output_dir / "toy_exp_ae.png"
-    toy_ae.save_grid(grid, [test[rows]] + [recons[m][rows] for m in toy_ae.MODES], ["input", *toy_ae.MODES])
+    toy_ae.save_grid(grid, [test[rows]] + [recons[m][rows] for m in toy_ae.MODES], toy_ae.GRID_LABELS)
     result = {
         "dataset": name,
         "dataset_description": toy_ae.DATASET_DESCRIPTIONS[name],

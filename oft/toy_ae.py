@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 DATASETS = ("auto", "flowers", "skimage", "textures")
 MODES = ("normal", "angle_only", "magnitude_only")
+GRID_LABELS = ("input", "normal", "angle only", "mag. only")  # short: a 64-px column fits ~10 characters
 FLOWERS_FOLDER = "flowers-102"  # torchvision's folder name under the data root
 
 # scikit-image ships these photographs in its wheel (no download). The test photos are held out from training
@@ -225,9 +226,14 @@ def skimage_images(n: int, size: int, split: str, seed: int) -> torch.Tensor:
     :return: [n x 3 x size x size] in [-1, 1].
     """
     try:
-        photos = [_skimage_photo(name) for name in (SKIMAGE_TRAIN_PHOTOS if split == "train" else SKIMAGE_TEST_PHOTOS)]
+        photos = [
+            _skimage_photo(name)
+            for name in (SKIMAGE_TRAIN_PHOTOS if split == "train" else SKIMAGE_TEST_PHOTOS)
+        ]
     except ImportError as err:
-        raise ToyDataError("scikit-image is not installed: pip install scikit-image, or use --dataset textures") from err
+        raise ToyDataError(
+            "scikit-image is not installed: pip install scikit-image, or use --dataset textures"
+        ) from err
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(n, 3, size, size)
     for i in range(n):
@@ -276,7 +282,11 @@ def texture_images(n: int, size: int, seed: int) -> torch.Tensor:
 def flowers_present(data_root: Path) -> bool:
     """Whether Flowers-102 sits under ``<data_root>/flowers-102`` in torchvision's layout."""
     folder = data_root / FLOWERS_FOLDER
-    return (folder / "jpg").is_dir() and (folder / "setid.mat").is_file() and (folder / "imagelabels.mat").is_file()
+    return (
+        (folder / "jpg").is_dir()
+        and (folder / "setid.mat").is_file()
+        and (folder / "imagelabels.mat").is_file()
+    )
 
 
 def flowers_images(data_root: Path, n: int, size: int, split: str, download: bool) -> torch.Tensor:
@@ -291,7 +301,10 @@ def flowers_images(data_root: Path, n: int, size: int, split: str, download: boo
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
     try:
         ds = datasets.Flowers102(str(data_root), split=split, transform=tf, download=download)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError; torchvision raises RuntimeError if absent
+    except (
+        OSError,
+        RuntimeError,
+    ) as err:  # URLError is an OSError; torchvision raises RuntimeError if absent
         where = data_root / FLOWERS_FOLDER
         if download:
             raise ToyDataError(
@@ -301,7 +314,9 @@ def flowers_images(data_root: Path, n: int, size: int, split: str, download: boo
             f"Flowers-102 not found under {where}; add --download (needs the internet) or use --dataset skimage"
         ) from err
     n = min(n, len(ds))
-    return _to_model_range(torch.stack([ds[i][0] for i in tqdm(range(n), desc=f"flowers-102 {split}", leave=False)]))
+    return _to_model_range(
+        torch.stack([ds[i][0] for i in tqdm(range(n), desc=f"flowers-102 {split}", leave=False)])
+    )
 
 
 def _skimage_available() -> bool:
@@ -323,7 +338,9 @@ def resolve_dataset(name: str, data_root: Path, download: bool) -> str:
     return "skimage" if _skimage_available() else "textures"
 
 
-def load_images(name: str, data_root: Path, n: int, size: int, split: str, seed: int, download: bool) -> torch.Tensor:
+def load_images(
+    name: str, data_root: Path, n: int, size: int, split: str, seed: int, download: bool
+) -> torch.Tensor:
     """[n x 3 x size x size] images in [-1, 1] of a resolved dataset name; ``split`` is "train" or "test"."""
     if name == "flowers":
         # Flowers-102's own splits: train on "train" (1,020 images), test on held-out "val" images.
@@ -401,7 +418,12 @@ def train_autoencoder(
         losses.append(total / len(images))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint is not None:
-            state = {"run_key": run_key, "model": model.state_dict(), "optimizer": opt.state_dict(), "losses": losses}
+            state = {
+                "run_key": run_key,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "losses": losses,
+            }
             _atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
     return losses
 
@@ -423,7 +445,7 @@ def psnr_01(mse: float) -> float:
     return 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
-def save_grid(path: Path, columns: Sequence[torch.Tensor], labels: Sequence[str], upscale: int = 2) -> None:
+def save_grid(path: Path, columns: Sequence[torch.Tensor], labels: Sequence[str], upscale: int = 1) -> None:
     """Atomically write a PNG with one row per image and one labelled column per tensor.
 
     :param columns: tensors [N x 3 x S x S] in [-1, 1], e.g. input | normal | angle-only | magnitude-only.
@@ -437,7 +459,9 @@ def save_grid(path: Path, columns: Sequence[torch.Tensor], labels: Sequence[str]
     for c, (col, label) in enumerate(zip(columns, labels, strict=True)):
         x0 = gap + c * (cell + gap)
         draw.text((x0 + 2, 2), label, fill="black")
-        pixels = ((col.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # [N,S,S,3]
+        pixels = (
+            ((col.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )  # [N,S,S,3]
         for r in range(n):
             tile = Image.fromarray(pixels[r]).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (x0, header + gap + r * (cell + gap)))
