@@ -28,6 +28,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,10 +302,8 @@ def flowers_images(data_root: Path, n: int, size: int, split: str, download: boo
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
     try:
         ds = datasets.Flowers102(str(data_root), split=split, transform=tf, download=download)
-    except (
-        OSError,
-        RuntimeError,
-    ) as err:  # URLError is an OSError; torchvision raises RuntimeError if absent
+    # A failed download raises URLError (an OSError); a missing dataset raises RuntimeError.
+    except (OSError, RuntimeError) as err:
         where = data_root / FLOWERS_FOLDER
         if download:
             raise ToyDataError(
@@ -367,6 +366,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -378,6 +380,14 @@ def write_json(path: Path, obj: dict) -> None:
     _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean training loss per epoch, and training seconds summed over every (resumed) session."""
+
+    losses: list[float]
+    seconds: float
+
+
 def train_autoencoder(
     model: ConvAutoEncoder,
     images: torch.Tensor,
@@ -385,8 +395,8 @@ def train_autoencoder(
     seed: int,
     checkpoint: Path | None = None,
     run_key: dict | None = None,
-) -> list[float]:
-    """Train with MSE and Adam; returns the mean training loss of every epoch.
+) -> TrainResult:
+    """Train with MSE and Adam; returns every epoch's mean loss and the training time summed over resumes.
 
     Each epoch's shuffle comes from ``seed`` and the epoch number, so a run resumed from ``checkpoint`` (saved
     atomically after every epoch, with model, optimizer and losses) ends with exactly the weights of an
@@ -394,6 +404,7 @@ def train_autoencoder(
     """
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     losses: list[float] = []
+    seconds = 0.0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if state["run_key"] != run_key:
@@ -403,9 +414,10 @@ def train_autoencoder(
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        losses = list(state["losses"])
+        losses, seconds = list(state["losses"]), float(state["seconds"])
     bar = tqdm(range(len(losses), config.epochs), desc="train", initial=len(losses), total=config.epochs)
     for epoch in bar:
+        epoch_start = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         total = 0.0
         for idx in torch.randperm(len(images), generator=gen).split(config.batch_size):
@@ -416,6 +428,7 @@ def train_autoencoder(
             opt.step()
             total += loss.item() * len(idx)
         losses.append(total / len(images))
+        seconds += time.perf_counter() - epoch_start
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint is not None:
             state = {
@@ -423,9 +436,10 @@ def train_autoencoder(
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "losses": losses,
+                "seconds": seconds,
             }
             _atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
-    return losses
+    return TrainResult(losses, seconds)
 
 
 @torch.no_grad()

@@ -169,7 +169,7 @@ def test_script_runs_offline_and_writes_outputs(tmp_path: Path, capsys: pytest.C
         mse = saved["mse"][mode]
         assert 0 < mse < 1
         assert saved["psnr_db"][mode] == pytest.approx(-10 * math.log10(mse))
-    assert saved["angle_scale"] > 0
+    assert saved["angle_scale"] > 0 and 0 < saved["train_time_s"] <= saved["wall_time_s"]
     with Image.open(
         out / "toy_exp_ae.png"
     ) as grid:  # 4 columns × 4 rows of 16-px cells, 4-px gaps, 16-px header
