@@ -12,10 +12,14 @@ variants; the normal bottleneck is then exactly ``‖w_j‖ ‖p‖ cos θ_j + b
 reconstructs the image from the angles alone but not from the magnitudes, the angular information is what
 matters, which is why OFT rotates neurons (keeping their pairwise angles) instead of rescaling them.
 
+The bottleneck has no activation (as in the reference), so the rebuilt code goes straight to the decoder.
+
 Differences from the reference ``examples/toy_exp_ae.py``: it took the patch norm of the bottleneck's own
-*output* (3×3, stride 1) instead of the input patch that the filter sees, and rescaled the angle-only code by
-a hand-picked 60; here ``‖p‖`` is the norm of the conv's real input patch (same stride and padding) and
-the rescale is measured on the training set. Test images are held out from training.
+*output* (3×3, stride 1, bias included) instead of the input patch that the filter sees, and rescaled the
+angle-only code by a hand-picked 60; here ``‖p‖`` is the norm of the conv's real input patch (same stride and
+padding) and the rescale is measured on the training set. It trained on the first 1,000 files of 102flowers
+and showed reconstructions of those same images; here training uses Flowers-102's "train" split and the
+errors are measured on held-out images.
 
 Offline image sets: the reference needed Flowers-102 by hand. Here Flowers-102 is used when present under
 ``<data_root>/flowers-102`` (torchvision's layout, downloaded with ``--download``); otherwise random crops of
