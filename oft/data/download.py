@@ -431,7 +431,11 @@ def setup(source: Source, root: str | os.PathLike, *, urls: tuple[str, ...] | No
             raise
         raise SetupError(f"{exc}{_by_hand(source, root, urls)}") from None
     if source.kind != "file":
-        summary = place(source, unpack(source, download, root, progress), root, source.member)
+        tmp = unpack(source, download, root, progress)
+        try:
+            summary = place(source, tmp, root, source.member)
+        except SetupError as exc:  # a sound archive with the wrong content: keep it for unpacking by hand
+            raise SetupError(f"{exc}; the archive is kept at {download}") from None
     record_manifest(root, source.filename, url, size, digest)
     if source.kind != "file" and not keep_archive:
         download.unlink(missing_ok=True)
