@@ -30,9 +30,9 @@ import time
 import urllib.parse
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
@@ -124,7 +124,9 @@ def _write_error(exc: OSError, path: Path) -> SetupError:
             f"disk full while writing {path}: free some space or pass --data-root/--models-root on a larger "
             "disk, then rerun (the download resumes)"
         )
-    return SetupError(f"cannot write {path} ({exc.strerror or exc}): check the folder's permissions, then rerun")
+    return SetupError(
+        f"cannot write {path} ({exc.strerror or exc}): check the folder's permissions, then rerun"
+    )
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -151,8 +153,15 @@ def _receive(resp, part: Path, progress: bool) -> int | None:
         total = int(length) if length is not None else None
     if total is not None:
         ensure_space(part.parent, total - have, part.name[: -len(".part")])
-    with tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-              desc=part.name[: -len(".part")], disable=not progress) as bar:
+    with tqdm(
+        total=total,
+        initial=have,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=part.name[: -len(".part")],
+        disable=not progress,
+    ) as bar:
         try:
             fh = open(part, mode)
         except OSError as exc:
@@ -168,8 +177,16 @@ def _receive(resp, part: Path, progress: bool) -> int | None:
     return total
 
 
-def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retries: int = 5,
-          retry_wait: float = 2.0, timeout: float = 60.0, progress: bool = True) -> None:
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    headers: dict[str, str] | None = None,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming whatever an earlier attempt left.
 
     ``headers`` (e.g. ``Authorization``) are sent to ``url`` only, not to the hosts it redirects to (signed
@@ -195,7 +212,9 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retrie
                 break
             if got > total:
                 part.unlink()
-                raise SetupError(f"{url} sent {got} bytes, more than the {total} it announced: rerun to start over")
+                raise SetupError(
+                    f"{url} sent {got} bytes, more than the {total} it announced: rerun to start over"
+                )
             last = f"connection closed at {_mb(got)} of {_mb(total)}"
         except HTTPError as exc:
             if exc.code == 416:  # nothing left to send: complete if the sizes agree, else start over
@@ -216,7 +235,9 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retrie
             elif exc.code == 429 or exc.code >= 500:
                 last = f"server error {exc.code} {exc.reason}"
             else:
-                raise SetupError(f"{url} answered {exc.code} {exc.reason}: pass --url with a working mirror") from None
+                raise SetupError(
+                    f"{url} answered {exc.code} {exc.reason}: pass --url with a working mirror"
+                ) from None
         except _TRANSIENT as exc:
             last = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
         attempt += 1
@@ -306,7 +327,9 @@ def unpack(source: Source, archive: Path, root: Path, progress: bool = True) -> 
             for info in tqdm(infos, desc=f"unpack {archive.name}", unit="file", disable=not progress):
                 member = PurePosixPath(info.filename)
                 if member.is_absolute() or ".." in member.parts:
-                    raise SetupError(f"{archive.name} holds an unsafe path {info.filename!r}: refusing to unpack it")
+                    raise SetupError(
+                        f"{archive.name} holds an unsafe path {info.filename!r}: refusing to unpack it"
+                    )
                 zf.extract(info, tmp)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -367,12 +390,17 @@ def place(source: Source, tmp: Path, root: Path, member: str | None) -> str:
 def clone(source: Source, root: Path) -> Path:
     """Shallow ``git clone`` of ``source.git_url`` into a scratch folder under ``root``; return the folder."""
     tmp = _scratch(root, source)
-    proc = subprocess.run(["git", "clone", "--depth", "1", "--quiet", source.git_url, str(tmp / "repo")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "clone", "--depth", "1", "--quiet", source.git_url, str(tmp / "repo")],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise SetupError(f"git clone {source.git_url} failed ({detail}): rerun with --method zip to use the archive")
+        raise SetupError(
+            f"git clone {source.git_url} failed ({detail}): rerun with --method zip to use the archive"
+        )
     return tmp
 
 
@@ -384,9 +412,19 @@ def _by_hand(source: Source, root: Path, urls: tuple[str, ...]) -> str:
     return f"; or download {source.filename} by hand from {urls[0]} and save it as {where}, then rerun"
 
 
-def setup(source: Source, root: str | os.PathLike, *, urls: tuple[str, ...] | None = None,
-          headers: dict[str, str] | None = None, method: str = "auto", keep_archive: bool = False,
-          retries: int = 5, retry_wait: float = 2.0, timeout: float = 60.0, progress: bool = True) -> str:
+def setup(
+    source: Source,
+    root: str | os.PathLike,
+    *,
+    urls: tuple[str, ...] | None = None,
+    headers: dict[str, str] | None = None,
+    method: str = "auto",
+    keep_archive: bool = False,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> str:
     """Bring ``source`` into ``root`` (download, verify, unpack, check, place); return a one-line summary.
 
     ``method`` (sources with a git repository): ``"git"`` clones, ``"zip"`` downloads the archive,
@@ -399,7 +437,9 @@ def setup(source: Source, root: str | os.PathLike, *, urls: tuple[str, ...] | No
         try:
             return f"{source.name}: already in place at {final} ({source.check(final)}); nothing to do"
         except LayoutError as exc:
-            raise SetupError(f"{final} exists but is incomplete ({exc}): move it away or delete it, then rerun") from None
+            raise SetupError(
+                f"{final} exists but is incomplete ({exc}): move it away or delete it, then rerun"
+            ) from None
     if method not in ("auto", "git", "zip"):
         raise ValueError(f"method must be auto, git or zip, not {method!r}")
 
@@ -407,7 +447,9 @@ def setup(source: Source, root: str | os.PathLike, *, urls: tuple[str, ...] | No
         try:
             say(f"cloning {source.git_url}")
             tmp = clone(source, root)
-            return f"{source.name}: ready at {final} ({place(source, tmp, root, f'repo/{source.git_member}')})"
+            return (
+                f"{source.name}: ready at {final} ({place(source, tmp, root, f'repo/{source.git_member}')})"
+            )
         except SetupError as exc:
             if method == "git":
                 raise
@@ -419,8 +461,15 @@ def setup(source: Source, root: str | os.PathLike, *, urls: tuple[str, ...] | No
     url = str(download)
     try:
         if not download.exists():
-            url = fetch_any(urls, download, headers=headers, retries=retries, retry_wait=retry_wait,
-                            timeout=timeout, progress=progress)
+            url = fetch_any(
+                urls,
+                download,
+                headers=headers,
+                retries=retries,
+                retry_wait=retry_wait,
+                timeout=timeout,
+                progress=progress,
+            )
         digest = verify(source, download, root, progress)
         size = download.stat().st_size
         if source.kind == "file":

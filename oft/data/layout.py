@@ -96,7 +96,9 @@ def check_checkpoint(path: str | Path) -> str:
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as fh:
             head = fh.read(16)
-        raise LayoutError(f"{path.name} is not a PyTorch checkpoint (truncated, or an error page: starts {head!r})")
+        raise LayoutError(
+            f"{path.name} is not a PyTorch checkpoint (truncated, or an error page: starts {head!r})"
+        )
     return f"{path.name}: {path.stat().st_size / 1e9:.2f} GB"
 
 
