@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from oft.data.coco import CANNY_THRESHOLDS, prepare_coco
-from oft.data.download import SetupError, setup
+from oft.data.download import run_job, setup
 from oft.data.sources import SOURCES
 from oft.paths import DATA_ROOT_ENV, data_root
 
@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     """Download COCO if needed, prepare it, print the layout summary; 1 with one error line on failure."""
     root = data_root(args.data_root)
-    try:
+
+    def job() -> str:
         coco_dir = args.coco_dir
         if coco_dir is None:
             for name in COCO_SOURCES:
@@ -95,14 +96,9 @@ def main(args: argparse.Namespace) -> int:
             depth_model=args.depth_model,
             progress=not args.no_progress,
         )
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(f"COCO ready at {root / 'COCO'}: {summary}")
-    return 0
+        return f"COCO ready at {root / 'COCO'}: {summary}"
+
+    return run_job(job)
 
 
 if __name__ == "__main__":

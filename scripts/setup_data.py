@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from oft.data.download import DOWNLOADS, MANIFEST, SetupError, setup
+from oft.data.download import DOWNLOADS, MANIFEST, run_job, setup
 from oft.data.sources import SOURCES
 from oft.paths import DATA_ROOT_ENV, MODELS_ROOT_ENV, data_root, models_root
 
@@ -80,8 +80,8 @@ def main(args: argparse.Namespace) -> int:
     """Run the setup; print one summary line, or one error line, and return the exit status."""
     source = SOURCES[args.source]
     root = models_root(args.models_root) if source.models else data_root(args.data_root)
-    try:
-        summary = setup(
+    return run_job(
+        lambda: setup(
             source,
             root,
             urls=tuple(args.url) if args.url else None,
@@ -93,14 +93,7 @@ def main(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             progress=not args.no_progress,
         )
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to resume ({source.name})", file=sys.stderr)
-        return 130
-    print(summary)
-    return 0
+    )
 
 
 if __name__ == "__main__":

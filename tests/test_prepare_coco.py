@@ -151,6 +151,7 @@ def test_subsets_are_seeded_nested_and_named_by_the_task_table(tmp_path):
     assert set(first["canny1k"]) < set(first["canny5k"]) < set(first["canny20k"]) < set(first["canny50k"])
 
 
+@pytest.mark.slow  # imports transformers (most of this file's run time)
 def test_depth_with_a_local_model(coco, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor

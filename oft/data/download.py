@@ -81,6 +81,20 @@ def say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def run_job(job: Callable[[], str]) -> int:
+    """Run a setup job for a command line: print its summary line, or one error line; return the exit status."""
+    try:
+        summary = job()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    print(summary)
+    return 0
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
