@@ -17,6 +17,8 @@ from oft.data.download import DOWNLOADS, MANIFEST, run_job, setup
 from oft.data.sources import SOURCES
 from oft.paths import DATA_ROOT_ENV, MODELS_ROOT_ENV, data_root, models_root
 
+HF_HOSTS = ("huggingface.co", "hf.co")  # where $HF_TOKEN may be sent
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``--help`` after a source name describes that source."""
@@ -47,8 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("HF_TOKEN"),
-        help="bearer token sent to the download host (default $HF_TOKEN), e.g. for gated Hugging Face files",
+        help="bearer token sent to the download URLs, e.g. for gated files (default: $HF_TOKEN, sent to "
+        "huggingface.co only)",
     )
     parser.add_argument(
         "--method",
@@ -85,7 +87,9 @@ def main(args: argparse.Namespace) -> int:
             source,
             root,
             urls=tuple(args.url) if args.url else None,
-            headers={"Authorization": f"Bearer {args.token}"} if args.token else None,
+            # An explicit --token goes to any URL; $HF_TOKEN only to Hugging Face hosts.
+            token=args.token or os.environ.get("HF_TOKEN"),
+            token_hosts=None if args.token else HF_HOSTS,
             method=args.method,
             keep_archive=args.keep_archive,
             retries=args.retries,

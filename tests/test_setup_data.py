@@ -446,6 +446,27 @@ def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys
     assert not (tmp_path / "v1-5-pruned.ckpt").exists()
 
 
+def test_hf_token_from_the_environment_only_goes_to_hugging_face(server, tmp_path, capsys, monkeypatch):
+    ckpt = zip_bytes({"archive/data.pkl": b"weights"})
+    server.routes["/v1-5-pruned.ckpt"] = Route(ckpt)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    rc, _, _ = run(["sd15", "--models-root", str(tmp_path), "--url", server.url("/v1-5-pruned.ckpt")], capsys)
+    assert rc == 0 and "Authorization" not in server.log[0][1]  # 127.0.0.1 is not huggingface.co
+    assert download._host_matches("https://huggingface.co/x", setup_data.HF_HOSTS)
+    assert download._host_matches("https://cdn-lfs.hf.co/x", setup_data.HF_HOSTS)
+    assert not download._host_matches("https://huggingface.co.evil.org/x", setup_data.HF_HOSTS)
+
+
+def test_a_second_concurrent_setup_is_refused(server, tmp_path, capsys):
+    import fcntl
+
+    (tmp_path / ".downloads").mkdir()
+    with open(tmp_path / ".downloads/ade20k.zip.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rc, _, err = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
+    assert rc == 1 and "another setup of ade20k is running" in error_line(err) and server.log == []
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.sh")))
 def test_every_script_explains_itself(script):
     proc = subprocess.run(

@@ -17,7 +17,9 @@ wrong and what to do next.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import http.client
 import json
 import os
@@ -33,7 +35,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.error import HTTPError, URLError
+from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
@@ -45,8 +47,10 @@ USER_AGENT = "oft-diffusion-setup/0.1 (+https://github.com/Zeju1997/oft)"
 CHUNK = 1 << 20
 MANIFEST = ".oft-manifest.json"
 DOWNLOADS = ".downloads"
-# Network failures worth retrying (the server or the path to it may recover); URLError covers DNS and refusals.
-_TRANSIENT = (URLError, ConnectionError, TimeoutError, http.client.HTTPException)
+# Network failures worth retrying (the server or the path to it may recover). Every OSError counts: file
+# errors never get here (``_receive`` turns them into SetupError), so what remains is DNS, refused or reset
+# connections, time-outs and TLS errors (URLError, ConnectionError, TimeoutError, ssl.SSLError).
+_TRANSIENT = (OSError, http.client.HTTPException)
 
 
 class SetupError(RuntimeError):
@@ -272,12 +276,29 @@ def fetch(
     part.replace(dest)
 
 
-def fetch_any(urls: tuple[str, ...], dest: Path, **kwargs) -> str:
-    """``fetch`` from the first of ``urls`` that has the file (404 moves on); return the URL used."""
+def _host_matches(url: str, hosts: tuple[str, ...]) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return any(host == h or host.endswith("." + h) for h in hosts)
+
+
+def fetch_any(
+    urls: tuple[str, ...],
+    dest: Path,
+    *,
+    token: str | None = None,
+    token_hosts: tuple[str, ...] | None = None,
+    **kwargs,
+) -> str:
+    """``fetch`` from the first of ``urls`` that has the file (404 moves on); return the URL used.
+
+    ``token`` goes out as ``Authorization: Bearer`` to URLs on ``token_hosts`` (every URL when None), so
+    that e.g. a Hugging Face token from the environment never reaches another host.
+    """
     for i, url in enumerate(urls):
+        send = token and (token_hosts is None or _host_matches(url, token_hosts))
         try:
             say(f"downloading {dest.name} from {url}")
-            fetch(url, dest, **kwargs)
+            fetch(url, dest, headers={"Authorization": f"Bearer {token}"} if send else None, **kwargs)
             return url
         except NotFoundError as exc:
             if i == len(urls) - 1:
@@ -426,12 +447,30 @@ def _by_hand(source: Source, root: Path, urls: tuple[str, ...]) -> str:
     return f"; or download {source.filename} by hand from {urls[0]} and save it as {where}, then rerun"
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path, who: str):
+    """Hold an exclusive lock on ``path`` (created if needed), or fail at once if someone else holds it:
+    two jobs appending to the same ``.part`` file would corrupt it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SetupError(
+                f"{who} is running (it holds {path}): wait for it to finish, then rerun"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def setup(
     source: Source,
     root: str | os.PathLike,
     *,
     urls: tuple[str, ...] | None = None,
-    headers: dict[str, str] | None = None,
+    token: str | None = None,
+    token_hosts: tuple[str, ...] | None = None,
     method: str = "auto",
     keep_archive: bool = False,
     retries: int = 5,
@@ -442,20 +481,54 @@ def setup(
     """Bring ``source`` into ``root`` (download, verify, unpack, check, place); return a one-line summary.
 
     ``method`` (sources with a git repository): ``"git"`` clones, ``"zip"`` downloads the archive,
-    ``"auto"`` clones when git is installed and falls back to the archive. Raises ``SetupError``.
+    ``"auto"`` clones when git is installed and falls back to the archive. ``token``/``token_hosts``: see
+    ``fetch_any``. One run at a time per source and root (a lock file). Raises ``SetupError``.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / source.target
-    if final.exists():
-        try:
-            return f"{source.name}: already in place at {final} ({source.check(final)}); nothing to do"
-        except LayoutError as exc:
-            raise SetupError(
-                f"{final} exists but is incomplete ({exc}): move it away or delete it, then rerun"
-            ) from None
     if method not in ("auto", "git", "zip"):
         raise ValueError(f"method must be auto, git or zip, not {method!r}")
+    root = Path(root)
+    try:
+        (root / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(exc, root / DOWNLOADS) from None
+    final = root / source.target
+    with _exclusive(root / DOWNLOADS / f"{source.filename}.lock", f"another setup of {source.name}"):
+        if final.exists():
+            try:
+                return f"{source.name}: already in place at {final} ({source.check(final)}); nothing to do"
+            except LayoutError as exc:
+                raise SetupError(
+                    f"{final} exists but is incomplete ({exc}): move it away or delete it, then rerun"
+                ) from None
+        return _obtain(
+            source,
+            root,
+            final,
+            urls or source.urls,
+            method,
+            keep_archive,
+            dict(
+                token=token,
+                token_hosts=token_hosts,
+                retries=retries,
+                retry_wait=retry_wait,
+                timeout=timeout,
+                progress=progress,
+            ),
+        )
+
+
+def _obtain(
+    source: Source,
+    root: Path,
+    final: Path,
+    urls: tuple[str, ...],
+    method: str,
+    keep_archive: bool,
+    fetch_kwargs: dict,
+) -> str:
+    """The body of ``setup`` once the lock is held and nothing is in place yet."""
+    progress = fetch_kwargs["progress"]
 
     if source.git_url and (method == "git" or (method == "auto" and shutil.which("git"))):
         try:
@@ -469,21 +542,12 @@ def setup(
                 raise
             say(f"{exc}; falling back to the archive")
 
-    urls = urls or source.urls
     download = root / DOWNLOADS / source.filename
     # A complete download (from an earlier run, or saved by hand) is verified rather than fetched again.
     url = str(download)
     try:
         if not download.exists():
-            url = fetch_any(
-                urls,
-                download,
-                headers=headers,
-                retries=retries,
-                retry_wait=retry_wait,
-                timeout=timeout,
-                progress=progress,
-            )
+            url = fetch_any(urls, download, **fetch_kwargs)
         digest = verify(source, download, root, progress)
         size = download.stat().st_size
         if source.kind == "file":
