@@ -53,6 +53,7 @@ class Route:
     truncate: int = 0  # how many of the next full-body responses stop after `cut` bytes
     cut: int = 0
     redirect: str | None = None
+    errors: list[int] | None = None  # statuses answered before the body is served (e.g. [503], [401])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -65,6 +66,9 @@ class _Handler(BaseHTTPRequestHandler):
         route = srv.routes.get(self.path)
         if route is None:
             self.send_error(404)
+            return
+        if route.errors:
+            self.send_error(route.errors.pop(0))
             return
         if route.redirect:
             self.send_response(302)
@@ -260,6 +264,12 @@ def test_retries_resume_within_one_run(server, tmp_path):
     assert [h.get("Range") for _, h in server.log] == [None, "bytes=10000-", "bytes=20000-"]
 
 
+def test_server_errors_are_retried(server, tmp_path):
+    server.routes["/f.bin"] = Route(b"y" * 3000, errors=[503, 502])
+    download.fetch(server.url("/f.bin"), tmp_path / "f.bin", retries=2, retry_wait=0, progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == b"y" * 3000 and len(server.log) == 3
+
+
 def test_complete_part_file_is_accepted_on_416(server, tmp_path):
     body = b"x" * 5000
     server.routes["/f.bin"] = Route(body)
@@ -280,6 +290,7 @@ def _corrupt_crc() -> bytes:
     "case, body, expected",
     [
         ("404", None, ["404", "--url", "by hand"]),
+        ("login", Route(errors=[401]), ["401", "--token", "HF_TOKEN"]),
         ("no network", None, ["cannot download from 127.0.0.1", "network", "rerun"]),
         ("not a zip", b"<html>Service unavailable</html>" * 20, ["not a valid zip archive", "rerun"]),
         ("bad crc", _corrupt_crc(), ["corrupt archive", "rerun"]),
@@ -295,7 +306,7 @@ def test_each_failure_is_one_clear_line_and_leaves_nothing_half_done(
     server, tmp_path, capsys, case, body, expected
 ):
     if body is not None:
-        server.routes["/ade.zip"] = Route(body)
+        server.routes["/ade.zip"] = body if isinstance(body, Route) else Route(body)
     url = closed_port_url() if case == "no network" else server.url("/ade.zip")
     rc, out, err = run(["ade20k", "--data-root", str(tmp_path), "--url", url, "--retries", "1"], capsys)
     assert rc == 1 and out == ""

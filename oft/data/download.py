@@ -248,7 +248,7 @@ def fetch(
             elif exc.code in (401, 403):
                 raise SetupError(
                     f"{url} answered {exc.code} {exc.reason}: this file needs a login or accepted licence; "
-                    "set HF_TOKEN=<token> (or pass --token) and rerun"
+                    "pass --token <token> (Hugging Face: set HF_TOKEN) and rerun"
                 ) from None
             elif exc.code == 429 or exc.code >= 500:
                 last = f"server error {exc.code} {exc.reason}"
