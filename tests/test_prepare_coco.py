@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 from oft.control.tasks import TASKS, get_task, read_captions
 from oft.data.coco import SUBSET_TASKS, canny_map, square_resize, write_subsets
 from oft.data.layout import check_control_dataset
-from tests.test_setup_data import load_script
+from tests.setup_helpers import Route, load_script, server, zip_bytes
+
+__all__ = ["server"]  # the fixture, imported for pytest
 
 prepare = load_script("prepare_coco")
 
@@ -49,18 +52,10 @@ def coco(tmp_path_factory) -> Path:
     return make_coco(tmp_path_factory.mktemp("coco"))
 
 
-def run(coco: Path, root: Path, capsys, *extra: str) -> tuple[int, str, str]:
-    argv = [
-        "--coco-dir",
-        str(coco),
-        "--data-root",
-        str(root),
-        "--size",
-        "32",
-        "--val-preview",
-        "3",
-        "--no-progress",
-    ]
+def run(coco: Path | None, root: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    """prepare_coco's main() in-process on ``coco`` (None: let it download COCO); (status, stdout, stderr)."""
+    argv = ["--data-root", str(root), "--size", "32", "--val-preview", "3", "--no-progress"]
+    argv += ["--coco-dir", str(coco)] if coco is not None else []
     rc = prepare.main(prepare.parse_args([*argv, *extra]))
     out, err = capsys.readouterr()
     return rc, out, err
@@ -97,6 +92,25 @@ def test_prepare_writes_the_reference_layout(coco, tmp_path, capsys):
     assert "COCO ready" in out and check_control_dataset(out_dir, "COCO", [TASKS["canny"]]).startswith(
         "COCO for canny"
     )
+
+
+def test_without_coco_dir_the_official_archives_are_fetched(coco, server, tmp_path, capsys, monkeypatch):
+    sources = {}
+    for name, folder in (
+        ("coco_train2017", "train2017"),
+        ("coco_val2017", "val2017"),
+        ("coco_annotations", "annotations"),
+    ):
+        server.routes[f"/{name}.zip"] = Route(
+            zip_bytes({f"{folder}/{p.name}": p.read_bytes() for p in sorted((coco / folder).iterdir())})
+        )
+        sources[name] = dataclasses.replace(prepare.SOURCES[name], urls=(server.url(f"/{name}.zip"),))
+    monkeypatch.setattr(prepare, "SOURCES", sources)
+    rc, out, err = run(None, tmp_path, capsys, "--workers", "1")
+    assert rc == 0, err
+    assert "coco_train2017: ready" in out and "coco_annotations: ready" in out and "COCO ready" in out
+    assert len(list((tmp_path / "coco2017/train2017").iterdir())) == 10
+    assert len(read_captions(tmp_path / "COCO/train/prompt_train_blip.json", "jsonl")) == 10
 
 
 def test_center_crop_keeps_the_middle():
