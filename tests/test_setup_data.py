@@ -230,6 +230,13 @@ def test_disk_full_while_writing_is_reported(server, tmp_path, capsys, monkeypat
     assert rc == 1 and "disk full" in error_line(err)
 
 
+def test_an_empty_existing_folder_is_filled(server, tmp_path, capsys):
+    server.routes["/ade.zip"] = Route(ade20k_zip())
+    (tmp_path / "ADE20K").mkdir()
+    rc, _, _ = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
+    assert rc == 0 and check_control_dataset(tmp_path / "ADE20K", "ADE20K")
+
+
 def test_incomplete_existing_folder_is_left_untouched(server, tmp_path, capsys):
     (tmp_path / "ADE20K/train").mkdir(parents=True)
     (tmp_path / "ADE20K/train/mine.txt").write_text("user data")

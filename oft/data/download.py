@@ -493,7 +493,8 @@ def setup(
         raise _write_error(exc, root / DOWNLOADS) from None
     final = root / source.target
     with _exclusive(root / DOWNLOADS / f"{source.filename}.lock", f"another setup of {source.name}"):
-        if final.exists():
+        # An empty folder (made by hand, or by a .gitignore-only checkout) is replaced like a missing one.
+        if final.exists() and not (final.is_dir() and not any(final.iterdir())):
             try:
                 return f"{source.name}: already in place at {final} ({source.check(final)}); nothing to do"
             except LayoutError as exc:
