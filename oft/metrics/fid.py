@@ -11,6 +11,7 @@ The Inception weights are read from a local file; pytorch-fid would download the
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from unittest import mock
@@ -49,7 +50,9 @@ def frechet_distance(
         raise ValueError(
             f"statistics differ in size: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}"
         )
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    with warnings.catch_warnings():  # with fewer images than dimensions the product is singular, as a rule
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():  # singular product: regularise both covariances
         offset = np.eye(len(sigma1)) * eps
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
