@@ -56,8 +56,9 @@ def test_metrics_accumulate_areas_over_the_set():
         intersect_and_union(PRED_B, LABEL_A)
 
 
-def test_mmseg_resize_fits_2048_by_512_keeping_the_aspect_ratio():
+def test_mmseg_resize_fits_2048_by_512_keeping_the_aspect_ratio_then_aligns_to_32():
     assert mmseg_resize(np.zeros((256, 1024, 3), np.uint8)).shape == (512, 2048, 3)
+    assert mmseg_resize(np.zeros((48, 64, 3), np.uint8)).shape == (512, 704, 3)  # 683 -> 704
     assert mmseg_resize(np.zeros((100, 300, 3), np.uint8)).shape == (512, 1536, 3)
     assert mmseg_resize(np.zeros((64, 64, 3), np.uint8)).shape == (512, 512, 3)
 
@@ -82,15 +83,15 @@ def test_segformer_loads_from_a_folder_and_predicts_at_the_label_size(tmp_path, 
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     pred = segmenter(image, (30, 40))
     assert pred.shape == (30, 40) and pred.min() >= 0 and pred.max() < 150
-    # the same as running the model by hand: resize to 512 x 683, ImageNet normalisation, two upsamplings
+    # the same as running the model by hand: resize to 512 x 704, ImageNet normalisation, two upsamplings
     x = torch.from_numpy(mmseg_resize(image)).permute(2, 0, 1)[None].float()
     x = (x - torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)) / torch.tensor(
         [58.395, 57.12, 57.375]
     ).view(1, 3, 1, 1)
-    assert x.shape[2:] == (512, 683)
+    assert x.shape[2:] == (512, 704)
     with torch.no_grad():
         logits = torch.nn.functional.interpolate(
-            model(pixel_values=x).logits, size=(512, 683), mode="bilinear"
+            model(pixel_values=x).logits, size=(512, 704), mode="bilinear"
         )
         logits = torch.nn.functional.interpolate(logits, size=(30, 40), mode="bilinear")
     assert np.array_equal(pred, logits.argmax(1)[0].numpy())

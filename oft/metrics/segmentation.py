@@ -4,8 +4,8 @@ The reference ran the SegFormer repository's ``tools/test.py`` (mmsegmentation) 
 ``segformer.b4.512x512.ade.160k``; here the same network comes through transformers
 (``nvidia/segformer-b4-finetuned-ade-512-512``) and the preprocessing and scoring follow mmsegmentation:
 
-- test pipeline: resize keeping the aspect ratio to fit (2048, 512) (bilinear), normalise with the ImageNet
-  mean/std in RGB, whole-image inference, logits resized bilinearly to the input size and then to the label
+- test pipeline: resize keeping the aspect ratio to fit (2048, 512), then to sides that are multiples of 32
+  (SegFormer's ``AlignedResize``; bilinear), normalise with the ImageNet mean/std in RGB, whole-image inference, logits resized bilinearly to the input size and then to the label
   map's size, argmax;
 - ADE20K labels: 0 is "other", so ``reduce_zero_label`` maps 0 -> 255 (ignored) and k -> k - 1 (150 classes);
 - per-class intersection, union, predicted and label areas are summed over the whole set before dividing:
@@ -34,7 +34,11 @@ from oft.metrics.folder import read_rgb
 NUM_CLASSES = 150
 IGNORE_INDEX = 255
 SEGFORMER_ID = "nvidia/segformer-b4-finetuned-ade-512-512"
-TEST_SCALE = (2048, 512)  # mmseg ADE20K test pipeline: Resize(img_scale=(2048, 512), keep_ratio=True)
+TEST_SCALE = (
+    2048,
+    512,
+)  # SegFormer ADE20K test pipeline: AlignedResize(img_scale=(2048, 512), keep_ratio=True,
+SIZE_DIVISOR = 32  #        size_divisor=32) (local_configs/_base_/datasets/ade20k_repeat.py)
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
@@ -87,12 +91,21 @@ def segmentation_metrics(areas: np.ndarray) -> dict:
     }
 
 
-def mmseg_resize(image: np.ndarray, scale: tuple[int, int] = TEST_SCALE) -> np.ndarray:
-    """mmcv ``imrescale``: scale by min(long_max / long_side, short_max / short_side), bilinear."""
+def mmseg_resize(
+    image: np.ndarray, scale: tuple[int, int] = TEST_SCALE, divisor: int = SIZE_DIVISOR
+) -> np.ndarray:
+    """SegFormer's test ``AlignedResize``: mmcv ``imrescale`` then both sides rounded up to a multiple of 32.
+
+    ``imrescale`` scales by min(long_max / long_side, short_max / short_side); both resizes are bilinear.
+    """
     h, w = image.shape[:2]
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    size = (int(w * factor + 0.5), int(h * factor + 0.5))
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    image = cv2.resize(image, (int(w * factor + 0.5), int(h * factor + 0.5)), interpolation=cv2.INTER_LINEAR)
+    h, w = image.shape[:2]
+    aligned = (-(-w // divisor) * divisor, -(-h // divisor) * divisor)
+    if aligned != (w, h):
+        image = cv2.resize(image, aligned, interpolation=cv2.INTER_LINEAR)
+    return image
 
 
 class SegformerSegmenter:
