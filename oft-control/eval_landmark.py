@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from oft.control.tasks import get_task
 from oft.metrics.folder import format_table, open_sample_folder, write_json
 from oft.metrics.landmark import (
     GT_FOLDER,
     GT_SIZE,
     PAPER,
     FaceAlignmentDetector,
-    celebahq_names,
+    LandmarkDetector,
     evaluate_landmarks,
-    load_landmark_file,
-    load_landmark_folder,
+    load_ground_truth,
 )
 from oft.paths import data_root
 
@@ -55,22 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_gt(args: argparse.Namespace) -> dict:
-    """Ground-truth landmarks by item index, from --gt or the reference's per-image folder."""
-    root = data_root(args.data_root)
-    gt = Path(args.gt) if args.gt else root / get_task("landmark").dataset_dir / GT_FOLDER
-    if gt.is_dir():
-        return load_landmark_folder(gt, celebahq_names(root))
-    if not gt.is_file():
-        raise FileNotFoundError(f"ground-truth landmarks {gt} not found: pass --gt FOLDER|FILE.json|FILE.npy")
-    return load_landmark_file(gt)
-
-
-def main(args: argparse.Namespace, detector=None) -> dict:
+def main(args: argparse.Namespace, detector: LandmarkDetector | None = None) -> dict:
     """Score the folder; ``detector`` (anything with ``detect``) replaces face_alignment when given."""
     folder = open_sample_folder(args.folder)
     pairs = folder.pairs(None if args.all_samples else args.sample_index)
-    gt = load_gt(args)
+    gt = load_ground_truth(args.gt, data_root(args.data_root), [p.index for p in pairs])
     detector = detector or FaceAlignmentDetector(args.device, args.model)
     metrics = evaluate_landmarks(pairs, gt, detector, args.gt_size)
     report = {"metric": "landmark", "folder": str(folder.root),

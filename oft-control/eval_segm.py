@@ -18,7 +18,14 @@ import sys
 
 from oft.control.tasks import get_task
 from oft.metrics.folder import format_table, open_sample_folder, write_json
-from oft.metrics.segmentation import PAPER, ade20k_names, evaluate_segmentation, label_paths, load_segformer
+from oft.metrics.segmentation import (
+    PAPER,
+    Segmenter,
+    ade20k_names,
+    evaluate_segmentation,
+    label_paths,
+    load_segformer,
+)
 from oft.paths import data_root
 
 
@@ -46,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(args: argparse.Namespace, segmenter=None) -> dict:
+def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
     """Score the folder; ``segmenter`` (image, label size) -> class map replaces SegFormer when given."""
     folder = open_sample_folder(args.folder)
     if args.real:

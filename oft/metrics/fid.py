@@ -104,17 +104,19 @@ def inception_features(
 ) -> np.ndarray:
     """(N, 2048) pool features of the images at ``paths``; consecutive images of one size are batched."""
     out = []
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
-        images = [read_rgb(p) for p in paths[start : start + batch_size]]
-        groups: list[list[np.ndarray]] = []
-        for im in images:  # pytorch-fid batches need one image size; split where the size changes
-            if groups and groups[-1][0].shape == im.shape:
-                groups[-1].append(im)
-            else:
-                groups.append([im])
-        for group in groups:
-            x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div(255).to(device)
-            out.append(model(x)[0].flatten(1).double().cpu().numpy())  # (B, 2048, 1, 1) -> (B, 2048)
+    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            images = [read_rgb(p) for p in paths[start : start + batch_size]]
+            groups: list[list[np.ndarray]] = []
+            for im in images:  # pytorch-fid batches need one image size; split where the size changes
+                if groups and groups[-1][0].shape == im.shape:
+                    groups[-1].append(im)
+                else:
+                    groups.append([im])
+            for group in groups:
+                x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div(255).to(device)
+                out.append(model(x)[0].flatten(1).double().cpu().numpy())  # (B, 2048, 1, 1) -> (B, 2048)
+            bar.update(len(images))
     return np.concatenate(out)
 
 

@@ -128,20 +128,38 @@ def celebahq_names(data_root: Path, split: str = "val") -> list[str]:
     return [entry["image"] for entry in json.loads(captions.read_text())]
 
 
-def load_landmark_folder(folder: str | os.PathLike, names: Sequence[str]) -> dict[int, np.ndarray]:
+def load_landmark_folder(
+    folder: str | os.PathLike, names: Sequence[str], indices: Sequence[int] | None = None
+) -> dict[int, np.ndarray]:
     """The reference's layout: ``folder/<stem>.txt`` (68 lines ``x y``) for item ``i`` named ``names[i]``.
 
-    Items whose file is absent are left out (the evaluator reports them if they were sampled).
+    Only ``indices`` are read (all items if None); items whose file is absent are left out (the evaluator
+    reports them if they were sampled).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"landmark folder {folder} does not exist")
     gt = {}
-    for i, name in enumerate(names):
-        path = folder / f"{Path(name).stem}.txt"
-        if path.is_file():
+    for i in range(len(names)) if indices is None else sorted(set(indices)):
+        path = folder / f"{Path(names[i]).stem}.txt" if i < len(names) else None
+        if path is not None and path.is_file():
             gt[i] = _checked(np.loadtxt(path), str(path))
     return gt
+
+
+def load_ground_truth(
+    gt: str | os.PathLike | None, data_root: Path, indices: Sequence[int] | None = None
+) -> dict[int, np.ndarray]:
+    """Ground-truth landmarks by item index from ``gt`` (a folder, .json or .npy), by default the reference's
+    ``<data_root>/celebhq-text/celeba-hq-landmark2d/`` folder with items named by the val caption file."""
+    path = Path(gt) if gt else data_root / get_task("landmark").dataset_dir / GT_FOLDER
+    if path.is_dir():
+        return load_landmark_folder(path, celebahq_names(data_root), indices)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ground-truth landmarks {path} not found: pass --gt FOLDER|FILE.json|FILE.npy"
+        )
+    return load_landmark_file(path)
 
 
 def evaluate_landmarks(
