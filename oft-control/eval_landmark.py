@@ -1,9 +1,9 @@
 """L2F: mean 68-point facial landmark error of generated faces (paper Table 2; lower is better).
 
-Detects landmarks on generated sample 0 of every item (or --sample-index N, or every sample with
---all-samples) with face_alignment (S3FD + 2D-FAN-4, as the reference) and compares item i with item i's
-ground truth. Ground truth (--gt), in CelebA-HQ's 1024-px coordinates (--gt-size), scaled to the generated
-width:
+Reads a sampling output folder (source/image_{i}.png, results/result_{i}_{n}.png), detects landmarks on
+generated sample 0 of every item (or --sample-index N, or every sample with --all-samples) with
+face_alignment (S3FD + 2D-FAN-4, as the reference) and compares item i with item i's ground truth (--gt),
+given in CelebA-HQ's 1024-px coordinates (--gt-size) and scaled to the generated width:
   - a folder of <name>.txt files (68 lines "x y"), the reference's celebhq-text/celeba-hq-landmark2d/;
     item i is the i-th entry of celebhq-text/prompt_val_blip_full.json (default, under --data-root);
   - a .json file {"<i>": [[x, y] * 68]} or a .npy array (N, 68, 2) whose row i is item i.
