@@ -5,8 +5,8 @@ The reference ran the SegFormer repository's ``tools/test.py`` (mmsegmentation) 
 (``nvidia/segformer-b4-finetuned-ade-512-512``) and the preprocessing and scoring follow mmsegmentation:
 
 - test pipeline: resize keeping the aspect ratio to fit (2048, 512), then to sides that are multiples of 32
-  (SegFormer's ``AlignedResize``; bilinear), normalise with the ImageNet mean/std in RGB, whole-image inference, logits resized bilinearly to the input size and then to the label
-  map's size, argmax;
+  (SegFormer's ``AlignedResize``; bilinear), normalise with the ImageNet mean/std in RGB, whole-image
+  inference, logits resized bilinearly to the input size and then to the label map's size, argmax;
 - ADE20K labels: 0 is "other", so ``reduce_zero_label`` maps 0 -> 255 (ignored) and k -> k - 1 (150 classes);
 - per-class intersection, union, predicted and label areas are summed over the whole set before dividing:
   ``aAcc = Σ intersect / Σ label``; per class ``IoU = intersect / union`` and ``Acc = intersect / label``;
@@ -34,11 +34,10 @@ from oft.metrics.folder import read_rgb
 NUM_CLASSES = 150
 IGNORE_INDEX = 255
 SEGFORMER_ID = "nvidia/segformer-b4-finetuned-ade-512-512"
-TEST_SCALE = (
-    2048,
-    512,
-)  # SegFormer ADE20K test pipeline: AlignedResize(img_scale=(2048, 512), keep_ratio=True,
-SIZE_DIVISOR = 32  #        size_divisor=32) (local_configs/_base_/datasets/ade20k_repeat.py)
+# SegFormer's ADE20K test pipeline (local_configs/_base_/datasets/ade20k_repeat.py):
+# AlignedResize(img_scale=(2048, 512), keep_ratio=True, size_divisor=32)
+TEST_SCALE = (2048, 512)
+SIZE_DIVISOR = 32
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
