@@ -100,6 +100,13 @@ def test_inception_loads_from_a_local_file_or_names_the_download(tmp_path, monke
     assert torch.equal(model.blocks[3][2].branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"])
     assert torch.equal(model.blocks[0][0].conv.weight, state["Conv2d_1a_3x3.conv.weight"])
 
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not pytorch-fid's"):
+        load_inception(tmp_path / "bad.pth")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="is not pytorch-fid's"):
+        load_inception(tmp_path / "other.pth")
+
     monkeypatch.setenv("OFT_MODELS_ROOT", str(tmp_path / "models"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(FileNotFoundError, match=f"{INCEPTION_FILE} not found.*download {INCEPTION_URL}"):

@@ -11,6 +11,7 @@ The Inception weights are read from a local file; pytorch-fid would download the
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -91,7 +92,13 @@ def load_inception(path: str | os.PathLike | None = None, device: str = "cpu") -
             f"Inception weights {INCEPTION_FILE} not found (looked in {', '.join(map(str, candidates))}): "
             f"download {INCEPTION_URL} into {models_root()}/ or pass --model FILE"
         )
-    return build_inception(torch.load(found, map_location="cpu", weights_only=True)).to(device)
+    try:
+        return build_inception(torch.load(found, map_location="cpu", weights_only=True)).to(device)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # truncated, not a state dict, wrong keys
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{found} is not pytorch-fid's {INCEPTION_FILE} ({first}); download {INCEPTION_URL}"
+        ) from None
 
 
 @torch.no_grad()
