@@ -17,11 +17,10 @@ import argparse
 import sys
 
 from oft.control.tasks import get_task
-from oft.metrics.folder import format_table, open_sample_folder, write_json
+from oft.metrics.folder import format_table, item_names, open_sample_folder, write_json
 from oft.metrics.segmentation import (
     PAPER,
     Segmenter,
-    ade20k_names,
     evaluate_segmentation,
     label_paths,
     load_segformer,
@@ -64,7 +63,7 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
     root = data_root(args.data_root)
     labels = label_paths(
         args.labels or root / get_task("segm").dataset_dir / "val" / "annotations",
-        ade20k_names(root),
+        item_names("segm", root),
         indices,
     )
     segmenter = segmenter or load_segformer(args.model, args.device)

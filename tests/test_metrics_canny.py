@@ -10,7 +10,13 @@ import pytest
 from metrics_helpers import load_script, save
 
 from oft.metrics.canny import canny_edges, edge_iou_f1
-from oft.metrics.folder import MissingResultsError, format_table, open_sample_folder, write_json
+from oft.metrics.folder import (
+    MissingResultsError,
+    format_table,
+    item_names,
+    open_sample_folder,
+    write_json,
+)
 
 
 def step_image(size: int = 32, col: int = 16) -> np.ndarray:
@@ -76,6 +82,8 @@ def test_folder_pairs_items_by_index_and_counts_missing_results(tmp_path):
         folder.pairs(5)
     with pytest.raises(FileNotFoundError, match="not a sampling output folder"):
         open_sample_folder(tmp_path / "results")
+    with pytest.raises(FileNotFoundError, match="prompt_val_blip_full.json is missing.*control_ade20k.sh"):
+        item_names("segm", tmp_path)
 
 
 def test_write_json_is_atomic_and_nan_free(tmp_path):

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from oft.control.tasks import get_task
+
 _SOURCE = re.compile(r"image_(\d+)\.png")
 _RESULT = re.compile(r"result_(\d+)_(\d+)\.png")
 
@@ -100,6 +102,25 @@ def open_sample_folder(root: str | os.PathLike) -> SampleFolder:
     if not indices:
         raise FileNotFoundError(f"{source} holds no image_{{i}}.png files")
     return SampleFolder(root, tuple(indices))
+
+
+def item_names(task_name: str, data_root: Path, split: str = "val") -> list[str]:
+    """File names of a control task's target images in item order (item ``i`` = caption entry ``i``).
+
+    The sampler numbers items by their position in the task's full caption file (SPEC §3): JSON lines with a
+    ``target`` path, or for CelebA-HQ one JSON list with an ``image`` name.
+    """
+    task = get_task(task_name)
+    captions = data_root / task.caption_file(split, full=True)
+    if not captions.is_file():
+        raise FileNotFoundError(
+            f"{captions} is missing: it maps item indices to {task.dataset_dir} images "
+            f"(set it up with bash {task.setup_script})"
+        )
+    if task.caption_format == "json_list":
+        return [entry["image"] for entry in json.loads(captions.read_text())]
+    lines = [line for line in captions.read_text().splitlines() if line.strip()]
+    return [Path(json.loads(line)["target"]).name for line in lines]
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

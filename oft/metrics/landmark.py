@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from oft.control.tasks import get_task
-from oft.metrics.folder import Pair, read_rgb
+from oft.metrics.folder import Pair, item_names, read_rgb
 
 N_POINTS = 68
 GT_SIZE = 1024  # CelebA-HQ images (and their landmark annotations) are 1024 px
@@ -117,17 +117,6 @@ def load_landmark_file(path: str | os.PathLike) -> dict[int, np.ndarray]:
     )
 
 
-def celebahq_names(data_root: Path, split: str = "val") -> list[str]:
-    """Image names (``N.jpg``) of the CelebA-HQ split in item order, from the task's caption file."""
-    captions = data_root / get_task("landmark").caption_file(split, full=True)
-    if not captions.is_file():
-        raise FileNotFoundError(
-            f"{captions} is missing: it maps item indices to CelebA-HQ images "
-            "(bash scripts/dataset_setup_control_celebhq.sh), or pass --gt FILE.json/.npy"
-        )
-    return [entry["image"] for entry in json.loads(captions.read_text())]
-
-
 def load_landmark_folder(
     folder: str | os.PathLike, names: Sequence[str], indices: Sequence[int] | None = None
 ) -> dict[int, np.ndarray]:
@@ -154,7 +143,7 @@ def load_ground_truth(
     ``<data_root>/celebhq-text/celeba-hq-landmark2d/`` folder with items named by the val caption file."""
     path = Path(gt) if gt else data_root / get_task("landmark").dataset_dir / GT_FOLDER
     if path.is_dir():
-        return load_landmark_folder(path, celebahq_names(data_root), indices)
+        return load_landmark_folder(path, item_names("landmark", data_root), indices)
     if not path.is_file():
         raise FileNotFoundError(
             f"ground-truth landmarks {path} not found: pass --gt FOLDER|FILE.json|FILE.npy"

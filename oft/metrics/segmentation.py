@@ -16,7 +16,6 @@ The reference ran the SegFormer repository's ``tools/test.py`` (mmsegmentation) 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +27,6 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from oft.control.tasks import get_task
 from oft.metrics.folder import read_rgb
 
 NUM_CLASSES = 150
@@ -149,18 +147,6 @@ def load_segformer(model: str | os.PathLike | None = None, device: str = "cpu") 
     if net.config.num_labels != NUM_CLASSES:
         raise ValueError(f"{source} predicts {net.config.num_labels} classes, not ADE20K's {NUM_CLASSES}")
     return SegformerSegmenter(net, device)
-
-
-def ade20k_names(data_root: Path, split: str = "val") -> list[str]:
-    """Target image names of the ADE20K split in item order, from the task's caption file (JSON lines)."""
-    captions = data_root / get_task("segm").caption_file(split, full=True)
-    if not captions.is_file():
-        raise FileNotFoundError(
-            f"{captions} is missing: it maps item indices to ADE20K images "
-            "(bash scripts/dataset_setup_control_ade20k.sh)"
-        )
-    lines = [line for line in captions.read_text().splitlines() if line.strip()]
-    return [Path(json.loads(line)["target"]).name for line in lines]
 
 
 def read_label(path: Path, reduce_zero: bool = True) -> np.ndarray:
