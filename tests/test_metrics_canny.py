@@ -76,8 +76,10 @@ def test_folder_pairs_items_by_index_and_counts_missing_results(tmp_path):
     assert [(p.index, p.sample) for p in folder.pairs()] == [(0, 0), (3, 0)]
     assert [(p.index, p.sample) for p in folder.pairs(None)] == [(0, 0), (0, 1), (3, 0), (3, 1)]
     (tmp_path / "results" / "result_3_1.png").unlink()
-    with pytest.raises(MissingResultsError, match="1 of 2 items .* sample 1"):
+    with pytest.raises(MissingResultsError, match="1 of 2 items .* sample 1: 1 files missing"):
         folder.pairs(1)
+    with pytest.raises(MissingResultsError, match=r"1 of 2 items .* some of samples \[0, 1\]: 1 files"):
+        folder.pairs(None)  # every item must have every sample index seen in results/
     with pytest.raises(MissingResultsError, match="2 of 2 items"):
         folder.pairs(5)
     with pytest.raises(FileNotFoundError, match="not a sampling output folder"):

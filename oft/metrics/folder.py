@@ -62,31 +62,30 @@ class SampleFolder:
         return self.root / "results" / f"result_{i}_{n}.png"
 
     def pairs(self, sample: int | None = 0) -> list[Pair]:
-        """(item, sample) pairs to score: sample ``sample`` of every item, or every sample present if None.
+        """(item, sample) pairs to score: sample ``sample`` of every item, or with None every sample index
+        found in ``results/`` for every item (all items must have the same ones).
 
-        Raises ``MissingResultsError`` naming how many items lack the requested result (and the first few).
+        Raises ``MissingResultsError`` saying how many items lack a requested result (and the first few).
         """
         if sample is not None:
-            wanted = {i: [sample] for i in self.indices}
+            samples = [sample]
         else:
-            wanted = {i: [] for i in self.indices}
-            results = self.root / "results"
-            for p in results.iterdir() if results.is_dir() else ():
-                m = _RESULT.fullmatch(p.name)
-                if m and int(m.group(1)) in wanted:
-                    wanted[int(m.group(1))].append(int(m.group(2)))
+            items, found = set(self.indices), self.root.joinpath("results").glob("result_*_*.png")
+            matches = [m for p in found if (m := _RESULT.fullmatch(p.name)) and int(m.group(1)) in items]
+            samples = sorted({int(m.group(2)) for m in matches})
+            if not samples:
+                raise MissingResultsError(f"{self.root / 'results'} holds no result_{{i}}_{{n}}.png files")
         missing = [
-            self.result(i, sample if sample is not None else 0).name
-            for i, ns in wanted.items()
-            if not ns or not all(self.result(i, n).is_file() for n in ns)
+            self.result(i, n).name for i in self.indices for n in samples if not self.result(i, n).is_file()
         ]
         if missing:
-            what = f"sample {sample}" if sample is not None else "any sample"
+            items = len({int(_RESULT.fullmatch(name).group(1)) for name in missing})
+            what = f"sample {sample}" if sample is not None else f"some of samples {samples}"
             raise MissingResultsError(
-                f"{len(missing)} of {len(self.indices)} items in {self.root} have no generated {what} "
-                f"(e.g. results/{', results/'.join(missing[:3])}); finish sampling first"
+                f"{items} of {len(self.indices)} items in {self.root} lack generated {what}: {len(missing)} "
+                f"files missing (e.g. results/{', results/'.join(missing[:3])}); finish sampling first"
             )
-        return [Pair(i, n, self.source(i), self.result(i, n)) for i, ns in wanted.items() for n in sorted(ns)]
+        return [Pair(i, n, self.source(i), self.result(i, n)) for i in self.indices for n in samples]
 
 
 def open_sample_folder(root: str | os.PathLike) -> SampleFolder:
