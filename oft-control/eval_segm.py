@@ -19,6 +19,7 @@ import sys
 from oft.control.tasks import get_task
 from oft.metrics.folder import format_table, item_names, open_sample_folder, write_json
 from oft.metrics.segmentation import (
+    LABELS_DIR,
     PAPER,
     Segmenter,
     evaluate_segmentation,
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
         indices, images = [p.index for p in pairs], [p.result for p in pairs]
     root = data_root(args.data_root)
     labels = label_paths(
-        args.labels or root / get_task("segm").dataset_dir / "val" / "annotations",
+        args.labels or root / get_task("segm").dataset_dir / LABELS_DIR,
         item_names("segm", root),
         indices,
     )
@@ -75,6 +76,10 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
         (k, metrics[k], PAPER["OFT"][j], PAPER["COFT"][j]) for j, k in enumerate(("mIoU", "mAcc", "aAcc"))
     ]
     print(format_table((f"S2I ({metrics['images']} images, %)", "value", "paper OFT", "paper COFT"), rows))
+    if metrics["aspect_mismatch"]:
+        print(
+            f"note: {metrics['aspect_mismatch']} images differ in aspect ratio from their label maps (cropped?)"
+        )
     return report
 
 

@@ -123,8 +123,9 @@ def make_dataset(tmp_path):
     (data / "prompt_val_blip_full.json").write_text("\n".join(lines) + "\n")
     for i, (name, label) in enumerate(zip(names, (LABEL_A, LABEL_B))):
         save(data / "annotations" / name.replace(".jpg", ".png"), label)
-        save(out / "source" / f"image_{i}.png", np.full((8, 8, 3), i, np.uint8))
-        save(out / "results" / f"result_{i}_0.png", np.full((8, 8, 3), i, np.uint8))
+        image = np.full((8, 16 - 8 * i, 3), i, np.uint8)  # item 0 has its label's aspect ratio, item 1 not
+        save(out / "source" / f"image_{i}.png", image)
+        save(out / "results" / f"result_{i}_0.png", image)
     return out, tmp_path / "data"
 
 
@@ -136,6 +137,7 @@ def test_eval_segm_script_matches_the_hand_computed_scores(tmp_path, capsys):
         assert report[key] == pytest.approx(value)
     saved = json.loads((out / "eval_segm.json").read_text())
     assert saved["mIoU"] == pytest.approx(EXPECTED["mIoU"]) and saved["per_class"]["IoU"][5] is None
+    assert saved["aspect_mismatch"] == 1  # item 0: 8x16 image for a 2x4 label; item 1: 8x8 for 1x2
     assert "mIoU" in capsys.readouterr().out
     real = script.main(
         script.parse_args([str(out), "--data-root", str(data), "--real"]), segmenter=FakeSegmenter()

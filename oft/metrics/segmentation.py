@@ -32,6 +32,7 @@ from oft.metrics.folder import read_rgb
 NUM_CLASSES = 150
 IGNORE_INDEX = 255
 SEGFORMER_ID = "nvidia/segformer-b4-finetuned-ade-512-512"
+LABELS_DIR = "val/annotations"  # default place of the annotation PNGs, inside the ADE20K dataset folder
 # SegFormer's ADE20K test pipeline (local_configs/_base_/datasets/ade20k_repeat.py):
 # AlignedResize(img_scale=(2048, 512), keep_ratio=True, size_divisor=32)
 TEST_SCALE = (2048, 512)
@@ -166,18 +167,25 @@ def evaluate_segmentation(
 ) -> dict:
     """mIoU/mAcc/aAcc (percent) of ``segmenter`` on ``images`` against the annotations ``labels``.
 
-    ``labels[k]`` annotates ``images[k]``; areas are accumulated over the whole set (mmseg).
+    ``labels[k]`` annotates ``images[k]``; areas are accumulated over the whole set (mmseg). Predictions are
+    resized to the label's size, which is right when the image is a resized (not cropped) copy of the
+    annotated one: ``aspect_mismatch`` counts the images whose aspect ratio differs from their label's by
+    more than 1%, a sign that the labels need the crop the images had.
     """
     if not images:
         raise ValueError("no images to score")
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} label maps")
     areas = np.zeros((4, NUM_CLASSES), dtype=np.int64)
+    mismatch = 0
     for image_path, label_path in tqdm(list(zip(images, labels)), desc="segmentation", unit="img"):
-        label = read_label(label_path, reduce_zero)
-        areas += intersect_and_union(segmenter(read_rgb(image_path), label.shape), label)
+        label, image = read_label(label_path, reduce_zero), read_rgb(image_path)
+        (h, w), (lh, lw) = image.shape[:2], label.shape
+        mismatch += abs((w / h) / (lw / lh) - 1) > 0.01
+        areas += intersect_and_union(segmenter(image, label.shape), label)
     metrics = segmentation_metrics(areas)
     metrics["images"] = len(images)
+    metrics["aspect_mismatch"] = int(mismatch)
     return metrics
 
 
