@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
-from metrics_helpers import load_script
+from metrics_helpers import REPO, load_script
 
 SCRIPTS = {
     "eval_canny": "eval_canny.json",
@@ -24,3 +28,16 @@ def test_help_explains_inputs_outputs_and_sample_choice(name, capsys):
     assert "--sample-index" in text and "--all-samples" in text and "(default 0)" in text
     args = script.parse_args(["folder"])
     assert args.sample_index == 0 and not args.all_samples and args.out is None
+
+
+def test_bad_input_is_one_line_on_the_command_line(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "oft-control" / "eval_canny.py"), str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0 and run.stderr.startswith("eval_canny: ")
+    assert "is not a sampling output folder" in run.stderr
