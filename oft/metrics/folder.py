@@ -55,9 +55,6 @@ class SampleFolder:
     def source(self, i: int) -> Path:
         return self.root / "source" / f"image_{i}.png"
 
-    def hint(self, i: int) -> Path:
-        return self.root / "hints" / f"hint_{i}.png"
-
     def result(self, i: int, n: int) -> Path:
         return self.root / "results" / f"result_{i}_{n}.png"
 
