@@ -17,7 +17,9 @@ class Task:
     dataset_dir: str  # under the data root
     control_dir: str  # folder of hint images, inside each split folder (or dataset_dir for flat layouts)
     target_dir: str  # folder of target images
-    caption_format: str  # "jsonl" ({"source", "target", "prompt"} per line) or "json_list" ([{"image", "prompt"}])
+    caption_format: (
+        str  # "jsonl" ({"source", "target", "prompt"} per line) or "json_list" ([{"image", "prompt"}])
+    )
     epochs: int  # the reference's training epochs (paper value in ``paper_epochs`` when it differs)
     batch_size: int = 16  # per GPU
     split_dirs: bool = True  # data/<dataset>/<split>/... ; False: flat folder with prompt_<split>_blip.json
@@ -32,25 +34,57 @@ class Task:
 
 
 def _coco(name: str, control: str, epochs: int, subset: int | None = None, paper: int | None = None) -> Task:
-    return Task(name, "COCO", control, "color", "jsonl", epochs, subset=subset, paper_epochs=paper,
-                setup_script="scripts/dataset_setup_control_coco.sh")
+    return Task(
+        name,
+        "COCO",
+        control,
+        "color",
+        "jsonl",
+        epochs,
+        subset=subset,
+        paper_epochs=paper,
+        setup_script="scripts/dataset_setup_control_coco.sh",
+    )
 
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("segm", "ADE20K", "segm", "color", "jsonl", 20,
-             setup_script="scripts/dataset_setup_control_ade20k.sh"),
+        Task(
+            "segm",
+            "ADE20K",
+            "segm",
+            "color",
+            "jsonl",
+            20,
+            setup_script="scripts/dataset_setup_control_ade20k.sh",
+        ),
         _coco("canny", "canny", 11, paper=10),
         _coco("canny1k", "canny", 11, subset=1_000, paper=10),
         _coco("canny5k", "canny", 11, subset=5_000, paper=10),
         _coco("canny20k", "canny", 11, subset=20_000, paper=10),
         _coco("canny50k", "canny", 11, subset=50_000, paper=10),
         _coco("depth", "depth", 20),
-        Task("densepose", "DeepFashion", "densepose", "color", "jsonl", 20,
-             setup_script="scripts/dataset_setup_control_deepfashion.sh"),
-        Task("landmark", "celebhq-text", "celeba-hq-landmark2d_cond_512", "celeba-hq-img", "json_list", 20,
-             batch_size=4, split_dirs=False, setup_script="scripts/dataset_setup_control_celebhq.sh"),
+        Task(
+            "densepose",
+            "DeepFashion",
+            "densepose",
+            "color",
+            "jsonl",
+            20,
+            setup_script="scripts/dataset_setup_control_deepfashion.sh",
+        ),
+        Task(
+            "landmark",
+            "celebhq-text",
+            "celeba-hq-landmark2d_cond_512",
+            "celeba-hq-img",
+            "json_list",
+            20,
+            batch_size=4,
+            split_dirs=False,
+            setup_script="scripts/dataset_setup_control_celebhq.sh",
+        ),
         Task("sketch", "LAION", "sketch", "color", "jsonl", 10, paper_epochs=8),
     ]
 }
@@ -61,4 +95,6 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown control task {name!r}; choose one of: {', '.join(TASKS)} (or 'synthetic')") from None
+        raise ValueError(
+            f"unknown control task {name!r}; choose one of: {', '.join(TASKS)} (or 'synthetic')"
+        ) from None

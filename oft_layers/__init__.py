@@ -1,0 +1,55 @@
+"""oft_layers: block-diagonal Cayley-orthogonal adapters (OFT) and their constrained variant (COFT).
+
+Torch only; works on any model with nn.Linear / nn.Conv2d layers::
+
+    from oft_layers import inject, oft_parameters, project_after_step, merge, save_adapter
+    model.requires_grad_(False)
+    names = inject(model, [r".*attn\\d\\.to_[qkv]"], r=4, eps=1e-3, coft=True)
+    opt = torch.optim.AdamW(oft_parameters(model), lr=1e-5)
+    project_after_step(opt, model)      # COFT: project R after every step
+    ...train...
+    save_adapter(model, "adapter.safetensors"); merge(model)   # inference at the base model's cost
+"""
+
+from .cayley import CONVENTION, cayley, skew
+from .coft import project_, project_after_step
+from .config import OFTConfig
+from .energy import hyperspherical_energy
+from .inject import count_trainable, inject, merge, oft_modules, oft_parameters, strip, unmerge, wrap
+from .io import (
+    adapter_metadata,
+    adapter_state_dict,
+    load_adapter,
+    load_adapter_state_dict,
+    read_adapter,
+    save_adapter,
+)
+from .layers import OFTConv2d, OFTLayer, OFTLinear, rotate_rows
+
+__all__ = [
+    "CONVENTION",
+    "OFTConfig",
+    "OFTConv2d",
+    "OFTLayer",
+    "OFTLinear",
+    "adapter_metadata",
+    "adapter_state_dict",
+    "cayley",
+    "count_trainable",
+    "hyperspherical_energy",
+    "inject",
+    "load_adapter",
+    "load_adapter_state_dict",
+    "merge",
+    "oft_modules",
+    "oft_parameters",
+    "project_",
+    "project_after_step",
+    "read_adapter",
+    "rotate_rows",
+    "save_adapter",
+    "skew",
+    "strip",
+    "unmerge",
+    "wrap",
+]

@@ -1,0 +1,133 @@
+"""Adapter files: the OFT parameters of a model as safetensors, with the metadata needed to rebuild them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .cayley import CONVENTION
+from .config import OFTConfig
+from .inject import _set_submodule, oft_modules, wrap
+
+FORMAT = "oft-adapter"
+FORMAT_VERSION = "1"
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"<layer>.R": R, "<layer>.s": s}`` for every OFT layer (s only with magnitude fitting)."""
+    sd = {}
+    for name, layer in oft_modules(model):
+        sd[f"{name}.R"] = layer.R.detach()
+        if layer.s is not None:
+            sd[f"{name}.s"] = layer.s.detach()
+    return sd
+
+
+def adapter_metadata(model: nn.Module) -> dict[str, str]:
+    """String metadata describing the adapter: format, Cayley convention, per-layer options, and the common
+    r/eps/coft/block_share when all layers agree."""
+    layers = {name: layer.config.to_dict() for name, layer in oft_modules(model)}
+    if not layers:
+        raise ValueError("the model has no OFT layers; inject(model, targets, ...) first")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cayley_convention": CONVENTION,
+        "layers": json.dumps(layers),
+        "targets": json.dumps(list(layers)),
+    }
+    for key in ("r", "eps", "coft", "block_share", "magnitude"):
+        values = {json.dumps(cfg[key]) for cfg in layers.values()}
+        if len(values) == 1:
+            meta[key] = values.pop()
+    return meta
+
+
+def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into the model's OFT layers; names and shapes must match exactly."""
+    own = adapter_state_dict(model)
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise ValueError(
+            f"adapter does not fit this model: {first} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected); was it trained with other targets?"
+        )
+    for key, value in sd.items():
+        if value.shape != own[key].shape:
+            raise ValueError(
+                f"adapter does not fit this model: {key} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(own[key].shape)} (different r, block_share or width?)"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"adapter tensor {key} contains NaN/inf; the file comes from a diverged run")
+    with torch.no_grad():
+        for key, value in sd.items():
+            own[key].copy_(value)
+
+
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None
+) -> Path:
+    """Write the adapter atomically (temporary file, then rename) as safetensors with its metadata."""
+    path = Path(path)
+    meta = adapter_metadata(model)
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of an adapter file, with a clear error for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file not found: {path}")
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}); re-save or re-download it"
+        ) from None
+    with handle as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an OFT adapter file (no '{FORMAT}' metadata)")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has adapter format version {meta.get('format_version')}, "
+                f"this code reads version {FORMAT_VERSION}"
+            )
+        return {k: f.get_tensor(k) for k in f.keys()}, meta
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
+    """Load an adapter file into ``model``. Layers without OFT are wrapped first, with the options recorded in
+    the file (so a plain pipeline UNet takes a trained adapter directly). Returns the file's metadata."""
+    sd, meta = read_adapter(path)
+    layers = json.loads(meta["layers"])
+    present = dict(oft_modules(model))
+    modules = dict(model.named_modules())
+    for name, options in layers.items():
+        if name in present:
+            if present[name].config != OFTConfig(**options):
+                raise ValueError(
+                    f"adapter layer {name} was trained with {options}, the model's OFT layer has "
+                    f"{present[name].config.to_dict()}"
+                )
+            continue
+        if name not in modules:
+            raise ValueError(f"adapter does not fit this model: it has no module {name!r}")
+        _set_submodule(model, name, wrap(modules[name], OFTConfig(**options), name))
+    load_adapter_state_dict(model, sd)
+    return meta
