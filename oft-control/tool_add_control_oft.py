@@ -6,6 +6,10 @@ zero-initialised hint encoder, with the hyperparameters in the file's metadata.
 
 By default the output also carries a copy of the base SD (as the reference's did); --adapter-only writes only
 the new weights (a few MB) and a reference to the base file.
+
+    python oft-control/tool_add_control_oft.py --count-only --r 2 4 8 16
+
+prints the trainable parameters per r (paper Table 3) on the weight-free SD1.5 architecture, and writes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 
 from oft.control.checkpoint import build_initial
 from oft.control.cli import run
-from oft.control.defaults import add_flags, flag_names
+from oft.control.defaults import PAPER, add_flags, flag_names
+from oft.control.params import count_control_parameters, format_parameter_table
 from oft.paths import models_root
 
 
@@ -33,21 +38,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(models_root() / "control_sd15_ini_oft.ckpt"),
         help="control model to write (.ckpt, or .safetensors with --adapter-only) [default: %(default)s]",
     )
-    add_flags(p, "r", "eps", "coft", "block_share")
+    p.add_argument(
+        "--r",
+        type=int,
+        nargs="+",
+        default=[PAPER["r"].value],
+        help=PAPER["r"].help + " (several values only with --count-only) [default: %(default)s]",
+    )
+    add_flags(p, "eps", "coft", "block_share")
     p.add_argument(
         *flag_names("adapter_only"),
         dest="adapter_only",
         action="store_true",
         help="store only the new weights and a reference to --input_path instead of a 4 GB copy",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        *flag_names("count_only"),
+        dest="count_only",
+        action="store_true",
+        help="print the trainable-parameter table (paper Table 3) for each --r and exit",
+    )
+    args = p.parse_args(argv)
+    if any(r < 1 for r in args.r):
+        p.error(f"--r takes positive block counts, got {args.r}")
+    if not args.count_only and len(args.r) != 1:
+        p.error(f"building a model takes one --r, got {args.r} (several values are for --count-only)")
+    return args
 
 
-def main(args: argparse.Namespace) -> Path:
+def main(args: argparse.Namespace) -> Path | str:
+    if args.count_only:
+        table = format_parameter_table([count_control_parameters(r) for r in args.r])
+        print(table)
+        return table
     path = build_initial(
         args.input_path,
         args.output_path,
-        r=args.r,
+        r=args.r[0],
         eps=args.eps if args.coft else None,
         coft=args.coft,
         block_share=args.block_share,

@@ -145,11 +145,19 @@ def control_files(dataset_dir: str, prefix: str = "", n: int = 3, skip: str = ""
                 entries = [{"image": f"{split}{i}.jpg", "prompt": f"face {i}"} for i in range(n)]
                 text = json.dumps(entries)
             else:
-                entries = [{"source": f"source/{split}{i}.png", "target": f"target/{split}{i}.png",
-                            "prompt": f"a scene {i}"} for i in range(n)]
+                entries = [
+                    {
+                        "source": f"source/{split}{i}.png",
+                        "target": f"target/{split}{i}.png",
+                        "prompt": f"a scene {i}",
+                    }
+                    for i in range(n)
+                ]
                 text = "".join(json.dumps(e) + "\n" for e in entries)
             for full in (False, True):
-                files[f"{task.split_subdir(split)}/{task.caption_name(split, full)}".lstrip("/")] = text.encode()
+                files[f"{task.split_subdir(split)}/{task.caption_name(split, full)}".lstrip("/")] = (
+                    text.encode()
+                )
             for entry in entries:
                 for rel in task.item_files(entry, split):
                     files[rel] = f"{dataset_dir}:{rel}".encode() * 50
@@ -162,7 +170,9 @@ def ade20k_zip(**kwargs) -> bytes:
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
     """main() in-process, quiet and without waits between retries; returns (status, stdout, stderr)."""
-    rc = setup_data.main(setup_data.parse_args([*argv, "--retry-wait", "0", "--timeout", "5", "--no-progress"]))
+    rc = setup_data.main(
+        setup_data.parse_args([*argv, "--retry-wait", "0", "--timeout", "5", "--no-progress"])
+    )
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -187,9 +197,12 @@ def test_task_table_names_caption_files_and_items():
     landmark = get_task("landmark")
     assert landmark.caption_file("train") == "celebhq-text/prompt_train_blip.json"
     assert landmark.item_files({"image": "29970.jpg"}, "val") == (
-        "celeba-hq-landmark2d_cond_512/29970.png", "celeba-hq-img/29970.jpg")
-    assert get_task("densepose").item_files({"source": "source/7.png", "target": "target/7.png"}, "train") == (
-        "train/densepose/7.png", "train/color/7.png")
+        "celeba-hq-landmark2d_cond_512/29970.png",
+        "celeba-hq-img/29970.jpg",
+    )
+    assert get_task("densepose").item_files(
+        {"source": "source/7.png", "target": "target/7.png"}, "train"
+    ) == ("train/densepose/7.png", "train/color/7.png")
     for task in TASKS.values():
         if task.setup_script:
             assert (REPO / task.setup_script).is_file(), task.setup_script
@@ -206,8 +219,11 @@ def test_setup_places_checked_dataset_and_second_run_is_a_noop(server, tmp_path,
     assert (tmp_path / "ADE20K/val/segm/val2.png").read_bytes() == b"ADE20K:val/segm/val2.png" * 50
     assert not (tmp_path / ".downloads/ade20k.zip").exists() and leftovers(tmp_path) == []
     manifest = json.loads((tmp_path / download.MANIFEST).read_text())
-    assert manifest["ade20k.zip"] == {"url": server.url("/ade.zip"), "size": len(archive),
-                                      "sha256": hashlib.sha256(archive).hexdigest()}
+    assert manifest["ade20k.zip"] == {
+        "url": server.url("/ade.zip"),
+        "size": len(archive),
+        "sha256": hashlib.sha256(archive).hexdigest(),
+    }
 
     requests = len(server.log)
     rc, out, _ = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
@@ -268,10 +284,16 @@ def _corrupt_crc() -> bytes:
         ("not a zip", b"<html>Service unavailable</html>" * 20, ["not a valid zip archive", "rerun"]),
         ("bad crc", _corrupt_crc(), ["corrupt archive", "rerun"]),
         ("wrong layout", ade20k_zip(skip="val/segm"), ["layout", "ADE20K/val/segm/val0.png", "kept at"]),
-        ("no captions", ade20k_zip(skip="prompt_train_blip.json"), ["missing ADE20K/train/prompt_train_blip.json"]),
+        (
+            "no captions",
+            ade20k_zip(skip="prompt_train_blip.json"),
+            ["missing ADE20K/train/prompt_train_blip.json"],
+        ),
     ],
 )
-def test_each_failure_is_one_clear_line_and_leaves_nothing_half_done(server, tmp_path, capsys, case, body, expected):
+def test_each_failure_is_one_clear_line_and_leaves_nothing_half_done(
+    server, tmp_path, capsys, case, body, expected
+):
     if body is not None:
         server.routes["/ade.zip"] = Route(body)
     url = closed_port_url() if case == "no network" else server.url("/ade.zip")
@@ -295,7 +317,9 @@ def test_checksum_recorded_in_manifest_is_enforced(server, tmp_path, capsys):
 
 def test_disk_space_is_checked_before_writing(server, tmp_path, capsys, monkeypatch):
     server.routes["/ade.zip"] = Route(ade20k_zip())
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 100))
+    monkeypatch.setattr(
+        download.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 100)
+    )
     rc, _, err = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
     assert rc == 1 and "not enough disk space" in error_line(err) and "--data-root" in error_line(err)
 
@@ -346,11 +370,14 @@ def dreambooth_files(prefix: str) -> dict[str, bytes]:
 
 def test_dreambooth_from_the_github_archive(server, tmp_path, capsys):
     server.routes["/main.zip"] = Route(zip_bytes(dreambooth_files("dreambooth-main/dataset/")))
-    rc, out, _ = run(["dreambooth", "--data-root", str(tmp_path), "--method", "zip",
-                      "--url", server.url("/main.zip")], capsys)
+    rc, out, _ = run(
+        ["dreambooth", "--data-root", str(tmp_path), "--method", "zip", "--url", server.url("/main.zip")],
+        capsys,
+    )
     assert rc == 0 and "30 subjects, 60 images" in out
     assert sorted(p.name for p in (tmp_path / "dreambooth").iterdir()) == sorted(
-        [s for s, _ in SUBJECTS] + [PROMPTS_FILE])
+        [s for s, _ in SUBJECTS] + [PROMPTS_FILE]
+    )
 
 
 def test_dreambooth_from_git_clone(tmp_path, capsys):
@@ -358,8 +385,13 @@ def test_dreambooth_from_git_clone(tmp_path, capsys):
     for name, data in dreambooth_files("dataset/").items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_bytes(data)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "data"]):
         subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
     source = download.Source(**{**vars(setup_data.SOURCES["dreambooth"]), "git_url": repo.as_uri()})
@@ -382,8 +414,20 @@ def test_model_download_uses_mirrors_and_sends_the_token_only_to_the_first_host(
     ckpt = zip_bytes({"archive/data.pkl": b"\x80\x02}q\x00." * 100})  # PyTorch checkpoints are zip files
     server.routes["/hf/v1-5-pruned.ckpt"] = Route(redirect="/cdn/signed")
     server.routes["/cdn/signed"] = Route(ckpt)
-    rc, out, _ = run(["sd15", "--models-root", str(tmp_path), "--token", "secret",
-                      "--url", server.url("/gone.ckpt"), "--url", server.url("/hf/v1-5-pruned.ckpt")], capsys)
+    rc, out, _ = run(
+        [
+            "sd15",
+            "--models-root",
+            str(tmp_path),
+            "--token",
+            "secret",
+            "--url",
+            server.url("/gone.ckpt"),
+            "--url",
+            server.url("/hf/v1-5-pruned.ckpt"),
+        ],
+        capsys,
+    )
     assert rc == 0 and "v1-5-pruned.ckpt" in out
     assert (tmp_path / "v1-5-pruned.ckpt").read_bytes() == ckpt
     headers = {path: h for path, h in server.log}
@@ -393,7 +437,9 @@ def test_model_download_uses_mirrors_and_sends_the_token_only_to_the_first_host(
 
 def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys):
     server.routes["/v1-5-pruned.ckpt"] = Route(b"<html>log in to continue</html>")
-    rc, _, err = run(["sd15", "--models-root", str(tmp_path), "--url", server.url("/v1-5-pruned.ckpt")], capsys)
+    rc, _, err = run(
+        ["sd15", "--models-root", str(tmp_path), "--url", server.url("/v1-5-pruned.ckpt")], capsys
+    )
     line = error_line(err)
     assert rc == 1 and "not a PyTorch checkpoint" in line
     assert f"save it as {tmp_path / 'v1-5-pruned.ckpt'}" in line
@@ -402,7 +448,12 @@ def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.sh")))
 def test_every_script_explains_itself(script):
-    proc = subprocess.run(["bash", str(REPO / "scripts" / script), "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable}, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / script), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout and "--data-root" in proc.stdout
