@@ -141,6 +141,7 @@ def load_control(
     file's ``base_path``; its identity must equal the one recorded at build time.
     """
     tensors, meta, has_base = read_control(path)
+    recorded = meta.get("base_path") or "copied in the file"
     if isinstance(base, SDModels):
         sd = base
     else:
@@ -149,12 +150,11 @@ def load_control(
             raise ControlCheckpointError(
                 f"{path} records no base SD path; pass the SD checkpoint it was built on"
             )
-        sd = load_sd(source)
-        if has_base and base is None:
-            sd.identity = meta["base_identity"]  # the weights are a copy of the recorded base
+        sd = load_base(source)
+        meta = {**meta, "base_path": str(Path(source).resolve())}  # files written from here reference it
     if sd.identity != meta["base_identity"]:
         raise ControlCheckpointError(
-            f"{path} was built on base SD {meta['base_identity']!r} ({meta.get('base_path') or 'copied in the file'}), "
+            f"{path} was built on base SD {meta['base_identity']!r} ({recorded}), "
             f"not on {sd.identity!r}; pass the same SD checkpoint, or rebuild with tool_add_control_oft.py"
         )
     sd.freeze()
@@ -163,6 +163,20 @@ def load_control(
     hint.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("hint.")})
     sd.to(device)
     return ControlModel(sd, hint.to(device), meta)
+
+
+def load_base(source: str | os.PathLike) -> SDModels:
+    """The base SD from an SD checkpoint, a diffusers folder, or a full control file (which carries a copy of
+    its base: the copy keeps the identity of the file it was copied from)."""
+    sd = load_sd(source)
+    if Path(source).is_file() and Path(source).suffix != ".safetensors":
+        try:
+            _, meta, has_base = read_control(source)
+        except ControlCheckpointError:  # a plain SD checkpoint
+            return sd
+        if has_base:
+            sd.identity = meta["base_identity"]
+    return sd
 
 
 def build_initial(

@@ -97,3 +97,24 @@ def add_flags(parser: argparse.ArgumentParser, *names: str, **overrides: Any) ->
 def paper_value(name: str) -> Any:
     """The paper's value of setting ``name``."""
     return PAPER[name].value
+
+
+# The synthetic task (tests, CPU demo) is not a paper task; these stand in for its TASKS entry.
+SYNTHETIC_EPOCHS = 10
+SYNTHETIC_BATCH_SIZE = 4
+
+
+def task_defaults(control: str) -> tuple[int, int]:
+    """(epochs, batch size per GPU) of ``--control``: the reference's per-task values from ``TASKS``."""
+    from oft.control.tasks import get_task
+
+    if control == "synthetic":
+        return SYNTHETIC_EPOCHS, SYNTHETIC_BATCH_SIZE
+    task = get_task(control)
+    return task.epochs, task.batch_size
+
+
+def run_name(control: str, r: int, coft: bool, eps: float, block_share: bool = False) -> str:
+    """The one name of an experiment, used by every script for its default folder: ``segm_r4_coft_eps0.001``."""
+    kind = f"coft_eps{eps:g}" if coft else "oft"
+    return f"{control}_r{r}_{kind}{'_share' if block_share else ''}"
