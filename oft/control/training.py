@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,11 +135,14 @@ def fit(
         max_steps=cfg.max_steps,
         log_every_n_steps=cfg.log_every,
         callbacks=callbacks,
-        logger=[TensorBoardLogger(logs, name="", version=""), CSVLogger(logs, name="", version="")],
+        # a new version_N per (re)start: a resumed run appends a folder instead of overwriting the CSV
+        logger=[TensorBoardLogger(logs, name=""), CSVLogger(logs, name="")],
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler
         enable_model_summary=False,
         default_root_dir=cfg.out_dir,
     )
     data = ControlDataModule(dataset, cfg.batch_size, cfg.num_workers, cfg.seed)
+    # the frozen SD stays in eval mode on purpose (no dropout in the frozen parts); Lightning warns about it
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
