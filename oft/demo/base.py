@@ -38,6 +38,7 @@ from oft.sd import SDModels, build_sd, load_sd, sample
 from oft.sd.convert import save_single_file
 
 PRETRAIN_SEED = 1000  # synthetic seed stream of pretraining (the control task uses 2*seed and 2*seed + 1)
+INITIAL_LOGVAR = -10.0  # posterior log-variance the VAE starts from (see ``train_vae``)
 VAL_SEED = 1  # the control task's validation stream (``SyntheticDataset("val", seed=0)``)
 
 
@@ -47,13 +48,13 @@ class PretrainConfig:
 
     seed: int = 0
     size: int = 64
-    vae_steps: int = 500
+    vae_steps: int = 300
     vae_batch: int = 8
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 1500
-    unet_batch: int = 24
-    unet_lr: float = 1e-3
+    unet_steps: int = 800
+    unet_batch: int = 16
+    unet_lr: float = 1.5e-3
     caption_dropout: float = 0.1
 
 
@@ -71,7 +72,7 @@ def _loop(
     steps: int, step_fn: Callable[[int], float], desc: str, log: Callable[[int, float], None] | None
 ) -> list[float]:
     losses = []
-    bar = tqdm(range(steps), desc=desc, disable=None)
+    bar = tqdm(range(steps), desc=desc, mininterval=10)
     for step in bar:
         loss = step_fn(step)
         losses.append(loss)
@@ -87,6 +88,10 @@ def train_vae(
 ) -> list[float]:
     """Train ``vae`` as an autoencoder on synthetic images: MSE of the reconstruction + ``kl_weight`` × KL."""
     vae.train().requires_grad_(True)
+    with torch.no_grad():
+        # start nearly deterministic (posterior std e^-5): with the usual std 1 the decoder first sees mostly noise,
+        # and a tiny KL weight takes hundreds of steps to shrink it; SD's latents have a small posterior std too
+        vae.quant_conv.bias[vae.config.latent_channels :] = INITIAL_LOGVAR
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     data = batches(PRETRAIN_SEED + cfg.seed, cfg.size, cfg.vae_batch)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -200,6 +205,7 @@ def _save_state(module: torch.nn.Module, path: Path) -> None:
 
 def _write_losses(path: Path, losses: list[float]) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text("".join(f"{x:.6f}\n" for x in losses))
     os.replace(tmp, path)
 

@@ -1,0 +1,155 @@
+"""The CPU demo: pretraining pieces, the LoRA baseline, the whole pipeline at reduced scale, the committed base."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+from control_helpers import tiny_sd_file
+
+from oft.control.checkpoint import build_initial, load_control
+from oft.demo.base import PretrainConfig, calibrate_latent_scale, validation_images
+from oft.demo.lora import LoRAControl, lora_modules, lora_parameters_per_rank, matched_rank
+from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, read_losses
+from oft.sd import build_sd, load_sd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def test_latent_calibration_gives_unit_scaled_latents_and_keeps_the_autoencoder():
+    vae = build_sd("tiny", seed=1).vae.eval()
+    images = validation_images(PretrainConfig(size=32), 16)
+    before = vae.decode(vae.encode(images).latent_dist.mean).sample
+    c = calibrate_latent_scale(vae, images, 0.18215)
+    posterior = vae.encode(images).latent_dist
+    assert float(posterior.mean.std() * 0.18215) == pytest.approx(1.0, rel=1e-4)
+    assert c != pytest.approx(1.0)
+    torch.testing.assert_close(vae.decode(posterior.mean).sample, before, rtol=1e-4, atol=1e-5)
+
+
+def _unet_out(unet, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    ctx = torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 500]), encoder_hidden_states=ctx).sample
+
+
+def test_lora_baseline_starts_at_the_base_counts_its_parameters_and_merges_exactly(tmp_path):
+    base = tiny_sd_file(tmp_path)
+    init = build_initial(base, tmp_path / "init.safetensors", r=4, eps=None, coft=False, adapter_only=True)
+    reference = _unet_out(load_sd(base).unet)
+    module = LoRAControl(str(init), rank=2)
+    torch.testing.assert_close(_unet_out(module.unet), reference)  # B = 0: exactly the base
+    per_rank = lora_parameters_per_rank(module.unet)
+    # tiny UNet: 4 transformer blocks (widths 32, 32, 32 at level 0, 64 in the middle), GEGLU inner 4 * 2 * width
+    assert per_rank == 3 * (8 * 64 + 32 + 256) + (6 * 128 + 2 * (32 + 64) + 64 + 512)
+    assert module.adapter_parameters() == 2 * per_rank
+    assert matched_rank(module.unet, 3 * per_rank + 10) == 3 and matched_rank(module.unet, 1) == 1
+    with torch.no_grad():  # a non-zero adapter, so merging is actually tested
+        for _, layer in lora_modules(module.unet):
+            layer.lora_B["default"].weight.normal_(0, 0.05)
+    trained = _unet_out(module.unet)
+    assert not torch.allclose(trained, reference, atol=1e-4)
+    merged_base, control = module.export_merged(
+        tmp_path / "merged.safetensors", tmp_path / "lora.safetensors"
+    )
+    cm = load_control(control, merged_base)
+    torch.testing.assert_close(_unet_out(cm.sd.unet), trained, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cm.hint.zero_conv.weight, module.hint.zero_conv.weight)
+
+
+def _demo_argv(base: Path, out: Path) -> list[str]:
+    return ["--base", str(base), "--out_dir", str(out), "--steps", "3", "--val_items", "3", "--sample_steps", "2",
+            "--resolution", "32", "--train_items", "8", "--batch_size", "2", "--threads", "1"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo_reduced_writes_every_artefact_and_reuses_finished_stages(tmp_path, capsys):
+    demo = _script("demo")
+    base = tiny_sd_file(tmp_path, name="sd.safetensors")
+    out = tmp_path / "demo"
+    results = demo.main(demo.parse_args(_demo_argv(base, out)))
+    printed = capsys.readouterr().out
+    assert all(label in printed for label in ("base (no control)", "LoRA", "OFT", "COFT", "canny F1"))
+
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["methods"]) == set(METHODS)
+    for m, r in saved["methods"].items():
+        assert 0 <= r["iou"] <= r["f1"] <= 1  # F1 = 2 IoU / (1 + IoU) >= IoU per image
+        assert r["prompt"]["images"] == 3 and 0 <= r["prompt"]["both"] <= 1
+        assert (out / "samples" / m / "eval_canny.json").is_file()
+        assert len(list((out / "samples" / m / "results").glob("result_*_0.png"))) == 3
+    params = saved["methods"]
+    assert params["base"]["parameters"] == {"adapter": 0, "hint": 0}
+    assert params["oft"]["parameters"] == params["coft"]["parameters"]
+    oft, lora = params["oft"]["parameters"]["adapter"], params["lora"]["parameters"]
+    per_rank = lora["adapter"] // lora["rank"]
+    assert abs(lora["adapter"] - oft) <= per_rank / 2  # rank-matched
+    assert lora["hint"] == params["oft"]["parameters"]["hint"] > 0
+    for m in ("lora", "oft", "coft"):
+        assert (out / "runs" / m / "control_final.safetensors").is_file()
+        assert [s for s, _ in read_losses(out / "runs" / m)][-1] >= 1  # a logged loss per run
+        assert saved["timings"][f"train {m}"]["cpu_s"] > 0
+    grid = cv2.imread(str(out / "grid.png"))
+    assert grid.shape == (16 + 3 * (96 + 2), 6 * (96 + 2), 3)  # 3 items x (hint, target, 4 methods), 32 px x3
+    assert cv2.imread(str(out / "loss.png")).shape == (360, 640, 3)
+    assert (out / "results.md").read_text().count("\n") == 6  # header, rule, four methods
+
+    # a second run trains and samples nothing again and reports the same numbers
+    finals = {
+        m: os.stat(out / "runs" / m / "control_final.safetensors").st_mtime_ns
+        for m in ("lora", "oft", "coft")
+    }
+    again = demo.main(demo.parse_args(_demo_argv(base, out)))
+    assert "reusing" in capsys.readouterr().out
+    assert {m: os.stat(out / "runs" / m / "control_final.safetensors").st_mtime_ns for m in finals} == finals
+    assert again["methods"] == results["methods"] and again["timings"] == results["timings"]
+
+
+def test_demo_refuses_a_missing_base_with_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretrain_tiny_base.py"):
+        Demo(DemoConfig(base=tmp_path / "nope.safetensors"))
+    with pytest.raises(SystemExit):
+        _script("demo").parse_args(["--resolution", "30"])
+
+
+def test_pretrain_script_reduced_writes_a_loadable_base_and_reuses_stages(tmp_path):
+    script = _script("pretrain_tiny_base")
+    out = tmp_path / "base" / "tiny.safetensors"
+    argv = ["--out", str(out), "--work_dir", str(tmp_path / "work"), "--size", "32", "--vae_steps", "2",
+            "--vae_batch", "2", "--unet_steps", "2", "--unet_batch", "2", "--eval_items", "2"]  # fmt: skip
+    report = script.main(script.parse_args(argv))
+    sd = load_sd(out)
+    assert sd.preset == "tiny"
+    assert set(report["colour_accuracy"]) == {"shape_colour", "background_colour", "both", "images"}
+    assert report["colour_accuracy"]["images"] == 2
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["unet_steps"] == 2
+    vae_stamp, out_stamp = (tmp_path / "work" / "vae.safetensors").stat().st_mtime_ns, out.stat().st_mtime_ns
+    script.main(script.parse_args(argv))
+    assert (tmp_path / "work" / "vae.safetensors").stat().st_mtime_ns == vae_stamp
+    assert out.stat().st_mtime_ns == out_stamp
+
+
+@pytest.mark.skipif(not DEFAULT_BASE.is_file(), reason="the committed tiny base is not in this checkout")
+def test_committed_base_is_small_loads_as_sd_and_records_its_recipe():
+    assert DEFAULT_BASE.stat().st_size < 20 * 2**20
+    sd = load_sd(DEFAULT_BASE)
+    assert sd.preset == "tiny"
+    report = json.loads(DEFAULT_BASE.with_suffix(".json").read_text())
+    assert report["config"] == json.loads(json.dumps(PretrainConfig().__dict__))
+    assert 0 <= report["colour_accuracy"]["both"] <= 1
