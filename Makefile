@@ -19,6 +19,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_layers.py
 
+demo: $(STAMP)
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 style: $(STAMP)
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
