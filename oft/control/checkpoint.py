@@ -102,9 +102,7 @@ def read_control(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """(tensors, metadata, has_base) of a control-model file, or one clear error for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise ControlCheckpointError(
-            f"control model not found: {path}; {BUILD_HINT} (or train one with train.py)"
-        )
+        raise FileNotFoundError(f"control model not found: {path}; {BUILD_HINT} (or train one with train.py)")
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:

@@ -124,7 +124,8 @@ def fit(
     ]
     if cfg.sample_every and sample_dataset is not None:
         callbacks.append(SampleGrid(sample_dataset, cfg.out_dir, cfg.sample_every, cfg.sample_steps))
-    logs = cfg.out_dir / "logs"
+    # one logs/version_N per (re)start, shared by both loggers: a resumed run adds a folder, overwrites nothing
+    tensorboard = TensorBoardLogger(cfg.out_dir / "logs", name="")
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -135,14 +136,14 @@ def fit(
         max_steps=cfg.max_steps,
         log_every_n_steps=cfg.log_every,
         callbacks=callbacks,
-        # a new version_N per (re)start: a resumed run appends a folder instead of overwriting the CSV
-        logger=[TensorBoardLogger(logs, name=""), CSVLogger(logs, name="")],
+        logger=[tensorboard, CSVLogger(cfg.out_dir / "logs", name="", version=tensorboard.version)],
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler
         enable_model_summary=False,
         default_root_dir=cfg.out_dir,
     )
     data = ControlDataModule(dataset, cfg.batch_size, cfg.num_workers, cfg.seed)
-    # the frozen SD stays in eval mode on purpose (no dropout in the frozen parts); Lightning warns about it
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # the frozen SD stays in eval mode on purpose (no dropout in frozen parts); Lightning warns about it
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
