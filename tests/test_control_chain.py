@@ -89,6 +89,7 @@ def run_train(chain, out: str, *extra: str) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_train_resume_postfit_and_sample(chain):
     root = chain["root"]
     # --- uninterrupted: 2 steps (2 epochs of 1 batch), last.ckpt every step
@@ -105,7 +106,7 @@ def test_train_resume_postfit_and_sample(chain):
         norms = torch.linalg.matrix_norm(layer.R, ord="fro")
         assert norms.max() > 0 and (norms <= layer.config.radius(layer.block_size) * (1 + 1e-5)).all(), name
     assert torch.count_nonzero(trained.hint.zero_conv.weight) > 0
-    assert (root / "a/logs/version_0/metrics.csv").is_file()
+    assert (root / "a/logs/csv/version_0/metrics.csv").is_file()
 
     # --- "killed" after 1 step, then resumed to 2: continues from the saved step and matches the uninterrupted run
     run_train(chain, "b", "--max_steps", "1")
@@ -157,6 +158,7 @@ def test_train_resume_postfit_and_sample(chain):
         sampler.main(sampler.parse_args([*SAMPLE, "--output_dir", str(root / "a"), "--img_ID", "2"]))
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(chain):
     """Lightning DDP (gloo) with 2 processes, launched as the README does (the launcher re-runs the script)."""
     out = chain["root"] / "ddp"
