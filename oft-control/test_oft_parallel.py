@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oft.control.checkpoint import FINAL_MODEL, check_flags_match
 from oft.control.cli import add_model_flags, check_run_flags, dataset, run, run_dir
 from oft.control.defaults import add_flags, flag_names
 from oft.control.inference import SamplingJob, chunk, local_devices, run_parallel
-from oft.control.training import FINAL_MODEL, check_flags_match
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

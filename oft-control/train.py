@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from oft.control.checkpoint import FINAL_MODEL, check_flags_match
 from oft.control.cli import add_run_flags, check_run_flags, run, run_datasets, run_dir, train_config
 from oft.control.defaults import flag_names
 from oft.control.model import ControlOFT
-from oft.control.training import FINAL_MODEL, check_flags_match, fit
+from oft.control.training import fit
 from oft.paths import models_root
 
 

@@ -23,7 +23,7 @@ tool, train, norm, sampler = (
     load_script(n) for n in ("tool_add_control_oft", "train", "train_with_norm", "test_oft_parallel")
 )
 ADAPTER = ["--r=4", "--eps=1e-3", "--coft"]
-DATA = ["--control", "synthetic", "--resolution", "32", "--synthetic_length", "4"]
+DATA = ["--control", "synthetic", "--resolution", "32", "--synthetic_length", "2"]  # one batch per epoch
 TRAIN = [
     *ADAPTER,
     *DATA,
@@ -40,7 +40,7 @@ TRAIN = [
     "--log_every",
     "1",
     "--save_every",
-    "2",
+    "1",
 ]
 SAMPLE = [
     *ADAPTER,
@@ -89,35 +89,36 @@ def run_train(chain, out: str, *extra: str) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_train_resume_postfit_and_sample(chain):
     root = chain["root"]
-    # --- uninterrupted: 4 steps (2 epochs of 2 batches), last.ckpt every 2 steps
-    final = run_train(chain, "a", "--max_steps", "4")
+    # --- uninterrupted: 2 steps (2 epochs of 1 batch), last.ckpt every step
+    final = run_train(chain, "a", "--max_steps", "2")
     ckpt = torch.load(root / "a/checkpoints/last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 4
+    assert ckpt["global_step"] == 2
     assert set(ckpt["state_dict"]) == {f"unet.{k}" for k in rotations(chain["ini"])} | {
         f"hint.{k}" for k in load_control(chain["ini"]).hint.state_dict()
     }  # only what trains
     assert ckpt["oft_control"]["base_identity"] == load_control(chain["ini"]).sd.identity
     trained = load_control(final)
-    assert trained.meta["task"] == "synthetic" and trained.meta["global_step"] == "4"
+    assert trained.meta["task"] == "synthetic" and trained.meta["global_step"] == "2"
     for name, layer in oft_layers.oft_modules(trained.sd.unet):
         norms = torch.linalg.matrix_norm(layer.R, ord="fro")
         assert norms.max() > 0 and (norms <= layer.config.radius(layer.block_size) * (1 + 1e-5)).all(), name
     assert torch.count_nonzero(trained.hint.zero_conv.weight) > 0
-    assert (root / "a/logs/version_0/metrics.csv").is_file()
+    assert (root / "a/logs/csv/version_0/metrics.csv").is_file()
 
-    # --- "killed" after 2 steps, then resumed to 4: continues from the saved step and matches the uninterrupted run
-    run_train(chain, "b", "--max_steps", "2")
+    # --- "killed" after 1 step, then resumed to 2: continues from the saved step and matches the uninterrupted run
+    run_train(chain, "b", "--max_steps", "1")
+    assert torch.load(root / "b/checkpoints/last.ckpt", weights_only=False)["global_step"] == 1
+    resumed = run_train(chain, "b", "--max_steps", "2", "--resume", "auto")
     assert torch.load(root / "b/checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
-    resumed = run_train(chain, "b", "--max_steps", "4", "--resume", "auto")
-    assert torch.load(root / "b/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
     expected = rotations(final)
     for key, value in rotations(resumed).items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=key)
 
     # --- magnitude post-fitting: R frozen, only the scales move
-    fitted = norm.main(norm.parse_args([*TRAIN, "--output_dir", str(root / "a"), "--max_steps", "2"]))
+    fitted = norm.main(norm.parse_args([*TRAIN, "--output_dir", str(root / "a"), "--max_steps", "1"]))
     post = load_control(fitted)
     scales = [layer.s for _, layer in oft_layers.oft_modules(post.sd.unet)]
     assert all(s is not None for s in scales) and any((s - 1).abs().max() > 0 for s in scales)
@@ -157,6 +158,7 @@ def test_train_resume_postfit_and_sample(chain):
         sampler.main(sampler.parse_args([*SAMPLE, "--output_dir", str(root / "a"), "--img_ID", "2"]))
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(chain):
     """Lightning DDP (gloo) with 2 processes, launched as the README does (the launcher re-runs the script)."""
     out = chain["root"] / "ddp"

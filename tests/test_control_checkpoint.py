@@ -85,7 +85,7 @@ def test_adapter_only_references_the_base_and_round_trips_trained_values(base, t
 
 def test_missing_foreign_and_mismatched_files_are_refused(base, tmp_path):
     with pytest.raises(
-        ControlCheckpointError,
+        FileNotFoundError,
         match=r"control model not found: .*nope\.ckpt; build one with .*tool_add_control_oft\.py",
     ):
         load_control(tmp_path / "nope.ckpt")

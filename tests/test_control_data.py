@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from oft.control.data import ControlDataModule, ControlDataset, DataError, SyntheticDataset, build_dataset
+from oft.control.data import ControlDataset, DataError, SyntheticDataset, build_dataset
 from oft.control.defaults import PAPER, add_flags
 from oft.control.hint import HintEncoder
 from oft.control.tasks import TASKS
+from oft.control.training import ControlDataModule
 from oft.data import synthetic
 
 

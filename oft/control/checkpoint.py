@@ -14,6 +14,7 @@ One format for every stage (SPEC §3 flow): ``tool_add_control_oft.py`` writes t
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from oft.sd.convert import to_ldm_state_dict
 from oft.sd.targets import CONTROL_TARGETS
 
 CONTROL_FORMAT = "1"
+FINAL_MODEL = "control_final.safetensors"  # train.py's trained model, in the run folder
+NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
 BUILD_HINT = "build one with `python oft-control/tool_add_control_oft.py --input_path <SD checkpoint> --output_path <file>`"
 
 
@@ -102,9 +105,7 @@ def read_control(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     """(tensors, metadata, has_base) of a control-model file, or one clear error for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise ControlCheckpointError(
-            f"control model not found: {path}; {BUILD_HINT} (or train one with train.py)"
-        )
+        raise FileNotFoundError(f"control model not found: {path}; {BUILD_HINT} (or train one with train.py)")
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:
@@ -127,6 +128,24 @@ def read_control(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"{path} is not an oft-control model file (no control metadata); {BUILD_HINT}"
         )
     return tensors, meta, has_base
+
+
+def check_flags_match(model_path: str | os.PathLike, **flags: object) -> dict[str, str]:
+    """Compare the flags the user gave (None: not given) with the hyperparameters recorded in the control file;
+    one clear error on a mismatch. Returns the file's metadata."""
+    _, meta, _ = read_control(model_path)
+    recorded = {k: json.loads(meta[k]) for k in ("r", "eps", "coft", "block_share") if k in meta}
+    for key, value in flags.items():
+        if value is None or key not in recorded:
+            continue
+        if key == "eps" and not recorded.get("coft"):
+            continue  # eps means nothing for plain OFT
+        if recorded[key] != value:
+            raise ValueError(
+                f"{model_path} was built with --{key}={recorded[key]}, not {value}: pass the flags it was built "
+                "with, or rebuild it with tool_add_control_oft.py"
+            )
+    return meta
 
 
 def load_control(

@@ -11,7 +11,6 @@ from typing import Any
 from oft.control.data import SYNTHETIC, build_dataset
 from oft.control.defaults import add_flags, flag_names, run_name, task_defaults
 from oft.control.tasks import TASKS
-from oft.control.training import TrainConfig
 from oft.data.synthetic import HINT_KINDS
 
 
@@ -156,8 +155,10 @@ _PASSED = (
 )
 
 
-def train_config(args: argparse.Namespace, out_dir: Path, default_epochs: int | None = None) -> TrainConfig:
+def train_config(args: argparse.Namespace, out_dir: Path, default_epochs: int | None = None):
     """``TrainConfig`` from the run flags; epochs/batch default to the task's (``default_epochs`` overrides)."""
+    from oft.control.training import TrainConfig  # Lightning: imported only by the training scripts
+
     epochs, batch_size = task_defaults(args.control)
     return TrainConfig(
         out_dir=out_dir,

@@ -13,10 +13,9 @@ import warnings
 from pathlib import Path
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from oft.control.tasks import Task, get_task, read_captions
 from oft.data import synthetic
@@ -187,29 +186,3 @@ def collate(items: list[dict]) -> dict:
         "txt": [i["txt"] for i in items],
         "index": torch.tensor([i["index"] for i in items]),
     }
-
-
-class ControlDataModule(L.LightningDataModule):
-    """Shuffled training batches. The order is a function of (seed, epoch, rank) only (a ``DistributedSampler``
-    also on one process), so a run resumed at an epoch boundary sees exactly the batches of an uninterrupted one.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int = 4, seed: int = 0) -> None:
-        super().__init__()
-        self.dataset, self.batch_size, self.num_workers, self.seed = dataset, batch_size, num_workers, seed
-
-    def train_dataloader(self) -> DataLoader:
-        world = self.trainer.world_size if self.trainer else 1
-        rank = self.trainer.global_rank if self.trainer else 0
-        sampler = DistributedSampler(
-            self.dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
-        )
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 import oft_layers
-from oft.control.checkpoint import load_control
+from oft.control.checkpoint import ControlModel, load_control
 from oft.control.images import write_png
-from oft.control.model import generate
+from oft.sd import add_to_conv_in, sample
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,20 @@ class SamplingJob:
     guidance: float = 9.0
     eta: float = 0.0
     seed: int = 0
+
+
+@torch.no_grad()
+def generate(
+    cm: ControlModel, hints: torch.Tensor, prompts: list[str], seeds: list[int], **sampling
+) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] for control images ``hints`` (B, 3, H, W) in [0, 1] and ``prompts``.
+
+    The hint features are added after ``conv_in`` in both CFG branches (the unconditional branch keeps the
+    control, as the reference sampled); ``sampling`` goes to ``oft.sd.sample`` (steps, guidance, eta, ...).
+    """
+    features = cm.hint(hints.to(cm.sd.device, torch.float32))
+    with add_to_conv_in(cm.sd.unet, features):
+        return sample(cm.sd, prompts, seeds=seeds, height=hints.shape[-2], width=hints.shape[-1], **sampling)
 
 
 def sample_seed(seed: int, index: int, n: int) -> int:

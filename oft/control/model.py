@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import oft_layers
-from oft.control.checkpoint import ControlModel, load_control, save_control
-from oft.sd import add_to_conv_in, sample
+from oft.control.checkpoint import load_control, save_control
+from oft.sd import add_to_conv_in
 
 STAGES = ("oft", "magnitude")
 
@@ -27,20 +27,6 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     only, so a resumed run draws exactly what an uninterrupted one would."""
     state = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
     return torch.Generator(device=device).manual_seed(state)
-
-
-@torch.no_grad()
-def generate(
-    cm: ControlModel, hints: torch.Tensor, prompts: list[str], seeds: list[int], **sampling
-) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] for control images ``hints`` (B, 3, H, W) in [0, 1] and ``prompts``.
-
-    The hint features are added after ``conv_in`` in both CFG branches (the unconditional branch keeps the
-    control, as the reference sampled); ``sampling`` goes to ``oft.sd.sample`` (steps, guidance, eta, ...).
-    """
-    features = cm.hint(hints.to(cm.sd.device, torch.float32))
-    with add_to_conv_in(cm.sd.unet, features):
-        return sample(cm.sd, prompts, seeds=seeds, height=hints.shape[-2], width=hints.shape[-1], **sampling)
 
 
 class ControlOFT(L.LightningModule):

@@ -8,8 +8,6 @@ killed job loses at most the steps since the last save and ``resume="auto"`` pic
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +16,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.utils import make_grid
 
-from oft.control.checkpoint import read_control
-from oft.control.data import ControlDataModule, collate
+from oft.control.data import collate
 from oft.control.images import write_png
-from oft.control.model import ControlOFT, generate
+from oft.control.inference import generate
+from oft.control.model import ControlOFT
 
 LAST = "last.ckpt"
-FINAL_MODEL = "control_final.safetensors"  # train.py's trained model, in the run folder
-NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
 
 
 @dataclass
@@ -53,22 +49,30 @@ class TrainConfig:
     resume: str = "auto"
 
 
-def check_flags_match(model_path: str | os.PathLike, **flags: object) -> dict[str, str]:
-    """Compare the flags the user gave (None: not given) with the hyperparameters recorded in the control file;
-    one clear error on a mismatch. Returns the file's metadata."""
-    _, meta, _ = read_control(model_path)
-    recorded = {k: json.loads(meta[k]) for k in ("r", "eps", "coft", "block_share") if k in meta}
-    for key, value in flags.items():
-        if value is None or key not in recorded:
-            continue
-        if key == "eps" and not recorded.get("coft"):
-            continue  # eps means nothing for plain OFT
-        if recorded[key] != value:
-            raise ValueError(
-                f"{model_path} was built with --{key}={recorded[key]}, not {value}: pass the flags it was built "
-                "with, or rebuild it with tool_add_control_oft.py"
-            )
-    return meta
+class ControlDataModule(L.LightningDataModule):
+    """Shuffled training batches. The order is a function of (seed, epoch, rank) only (a ``DistributedSampler``
+    also on one process), so a run resumed at an epoch boundary sees exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.num_workers, self.seed = dataset, batch_size, num_workers, seed
+
+    def train_dataloader(self) -> DataLoader:
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        sampler = DistributedSampler(
+            self.dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
 
 
 def resume_path(resume: str, ckpt_dir: Path) -> str | None:
@@ -124,7 +128,8 @@ def fit(
     ]
     if cfg.sample_every and sample_dataset is not None:
         callbacks.append(SampleGrid(sample_dataset, cfg.out_dir, cfg.sample_every, cfg.sample_steps))
-    logs = cfg.out_dir / "logs"
+    # logs/{tensorboard,csv}/version_N, one N per (re)start: a resumed run adds a folder, overwrites nothing
+    tensorboard = TensorBoardLogger(cfg.out_dir / "logs", name="tensorboard")
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -135,14 +140,14 @@ def fit(
         max_steps=cfg.max_steps,
         log_every_n_steps=cfg.log_every,
         callbacks=callbacks,
-        # a new version_N per (re)start: a resumed run appends a folder instead of overwriting the CSV
-        logger=[TensorBoardLogger(logs, name=""), CSVLogger(logs, name="")],
+        logger=[tensorboard, CSVLogger(cfg.out_dir / "logs", name="csv", version=tensorboard.version)],
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler
         enable_model_summary=False,
         default_root_dir=cfg.out_dir,
     )
     data = ControlDataModule(dataset, cfg.batch_size, cfg.num_workers, cfg.seed)
-    # the frozen SD stays in eval mode on purpose (no dropout in the frozen parts); Lightning warns about it
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # the frozen SD stays in eval mode on purpose (no dropout in frozen parts); Lightning warns about it
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
