@@ -52,7 +52,7 @@ class PretrainConfig:
     vae_batch: int = 8
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 800
+    unet_steps: int = 500
     unet_batch: int = 16
     unet_lr: float = 1.5e-3
     caption_dropout: float = 0.1

@@ -27,10 +27,10 @@ import cv2
 import numpy as np
 import torch
 
-from oft.control.checkpoint import read_control
+from oft.control.checkpoint import FINAL_MODEL, read_control
 from oft.control.data import build_dataset
 from oft.control.images import read_png, write_png
-from oft.control.training import FINAL_MODEL, TrainConfig, fit
+from oft.control.training import TrainConfig, fit
 from oft.data import synthetic
 from oft.demo.lora import LoRAControl, matched_rank
 from oft.metrics.folder import format_table
@@ -315,7 +315,7 @@ def format_results(results: dict) -> str:
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of every ``train/loss`` row in the run's CSV logs (all versions: resumed runs append one)."""
     points = {}
-    for f in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+    for f in sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv")):
         with f.open() as fh:
             for row in csv.DictReader(fh):
                 if row.get("train/loss"):
@@ -369,10 +369,12 @@ def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, heig
     ymin = min(y.min() for _, y in smooth.values())
     ymax = max(y.max() for _, y in smooth.values())
     yr = (ymax - ymin) or 1.0
-    to_px = lambda x, y: (
-        int(left + x / xmax * (width - left - right)),
-        int(top + (ymax - y) / yr * (height - top - bottom)),
-    )  # noqa: E731
+
+    def to_px(x: float, y: float) -> tuple[int, int]:
+        return int(left + x / xmax * (width - left - right)), int(
+            top + (ymax - y) / yr * (height - top - bottom)
+        )
+
     cv2.rectangle(img, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
     for v in (ymin, (ymin + ymax) / 2, ymax):
         cv2.putText(img, f"{v:.3f}", (2, to_px(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
