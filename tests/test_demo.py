@@ -14,19 +14,12 @@ from control_helpers import tiny_sd_file
 from oft.control.checkpoint import build_initial, load_control
 from oft.demo.base import PretrainConfig, calibrate_latent_scale, validation_images
 from oft.demo.lora import LoRAControl, lora_modules, lora_parameters_per_rank, matched_rank
-from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, read_losses
+from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, load_script, read_losses
 from oft.sd import build_sd, load_sd
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name, "scripts")
 
 
 @torch.no_grad()

@@ -65,9 +65,11 @@ class DemoConfig:
     seed: int = 0
 
 
-def load_script(name: str):
-    """An ``oft-control/<name>.py`` entry point as a module (the folder name has a dash: not importable)."""
-    spec = importlib.util.spec_from_file_location(f"oft_control_{name}", REPO / "oft-control" / f"{name}.py")
+def load_script(name: str, folder: str = "oft-control"):
+    """An entry point ``<folder>/<name>.py`` as a module (``oft-control`` has a dash: not importable)."""
+    spec = importlib.util.spec_from_file_location(
+        f"{folder.replace('-', '_')}_{name}", REPO / folder / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
