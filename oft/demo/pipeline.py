@@ -356,6 +356,13 @@ def image_grid(demo: Demo, indices) -> np.ndarray:
     return grid
 
 
+def _moving_average(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each ``k`` consecutive points (no padding, so the ends are not pulled towards zero)."""
+    if len(y) < k:
+        return x, y
+    return x[k // 2 : len(x) - (k - 1) // 2], np.convolve(y, np.ones(k) / k, mode="valid")
+
+
 def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, height: int = 360) -> np.ndarray:
     """Training-loss curves (moving average over 5 logged points) as an (H, W, 3) uint8 RGB plot."""
     img = np.full((height, width, 3), 255, np.uint8)
@@ -363,10 +370,7 @@ def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, heig
     series = {m: np.array(c, float) for m, c in curves.items() if c}
     if not series:
         return img
-    smooth = {
-        m: (s[:, 0], np.convolve(s[:, 1], np.ones(5) / 5, mode="same") if len(s) >= 5 else s[:, 1])
-        for m, s in series.items()
-    }
+    smooth = {m: _moving_average(s[:, 0], s[:, 1], 5) for m, s in series.items()}
     xmax = max(x.max() for x, _ in smooth.values()) or 1
     ymin = min(y.min() for _, y in smooth.values())
     ymax = max(y.max() for _, y in smooth.values())
