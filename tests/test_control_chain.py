@@ -17,6 +17,7 @@ from control_helpers import REPO, load_script, tiny_sd_file
 
 import oft_layers
 from oft.control.checkpoint import load_control
+from oft.control.images import read_png
 from oft.control.inference import output_paths
 
 tool, train, norm, sampler = (
@@ -93,7 +94,13 @@ def run_train(chain, out: str, *extra: str) -> Path:
 def test_train_resume_postfit_and_sample(chain):
     root = chain["root"]
     # --- uninterrupted: 2 steps (2 epochs of 1 batch), last.ckpt every step
-    final = run_train(chain, "a", "--max_steps", "2")
+    final = run_train(chain, "a", "--max_steps", "2", "--sample_every", "2", "--sample_steps", "1")
+    grid = read_png(root / "a/samples/step_0000002.png")
+    assert grid.shape == (
+        3 * 34 + 2,
+        2 * 34 + 2,
+        3,
+    )  # rows control/target/sample x 2 val items of 32 px, padding 2
     ckpt = torch.load(root / "a/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert set(ckpt["state_dict"]) == {f"unet.{k}" for k in rotations(chain["ini"])} | {
