@@ -20,7 +20,6 @@ class Default:
     help: str
     type: Any = None  # argparse type; None for booleans (BooleanOptionalAction)
     choices: tuple | None = None
-    nargs: str | None = None
 
 
 PAPER: dict[str, Default] = {
