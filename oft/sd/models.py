@@ -7,13 +7,15 @@ architecture, weight-free with ``device="meta"``); ``load_sd`` (in ``oft.sd.load
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from oft.sd.configs import LATENT_SCALE, MAX_LENGTH, SCHEDULER, preset_config
+from oft.sd.configs import LATENT_SCALE, MAX_LENGTH, PRESETS, SCHEDULER, preset_config
 from oft.sd.tokenizer import build_tokenizer
 
 
@@ -48,7 +50,12 @@ class SDModels:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SDModels:
         """Move the three networks to ``device`` and/or cast them to ``dtype`` (in place); returns self."""
         for net in (self.unet, self.vae, self.text_encoder):
-            net.to(device=device, dtype=dtype)
+            # pass only what changes: diffusers warns on every ``to(dtype=...)``, even a no-op one
+            kwargs = {"device": device} if device is not None else {}
+            if dtype is not None and dtype != net.dtype:
+                kwargs["dtype"] = dtype
+            if kwargs:
+                net.to(**kwargs)
         return self
 
     @property
@@ -125,3 +132,138 @@ def build_sd(preset: str = "tiny", seed: int = 0, device: torch.device | str = "
         for net in (unet, vae, text_encoder):
             net.to(device)
     return assemble(preset, unet, vae, text_encoder, identity=f"{preset}-seed{seed}")
+
+
+def _identity_of(path: Path) -> str:
+    """Hash of the resolved path, size and mtime of the weights (every weight file for a folder)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return short_hash(stamp)
+
+
+def missing_checkpoint_message(path: str | os.PathLike) -> str:
+    """The one line shown when the SD weights are not where the user pointed."""
+    return (
+        f"Stable Diffusion weights not found at {path}: run `bash scripts/download_model.sh` "
+        "(writes models/v1-5-pruned.ckpt) or pass a diffusers folder (with unet/, vae/, text_encoder/)"
+    )
+
+
+def _load_into(build, state_dict: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """Build a network weight-free and adopt ``state_dict``'s tensors (strict: names missing/unexpected keys)."""
+    with torch.device("meta"):
+        net = build()
+    result = net.load_state_dict(state_dict, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{what}: missing keys {result.missing_keys[:8]} ({len(result.missing_keys)}), "
+            f"unexpected keys {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
+        )
+    return net
+
+
+def _networks_from_state_dicts(
+    preset: str, unet_sd: dict, vae_sd: dict, text_sd: dict, source: str
+) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    cfg = preset_config(preset)
+    unet = _load_into(lambda: UNet2DConditionModel(**cfg["unet"]), unet_sd, f"{source} (UNet)")
+    vae = _load_into(lambda: AutoencoderKL(**cfg["vae"]), vae_sd, f"{source} (VAE)")
+    # CLIP keeps a non-persistent position-id buffer that a weight-free build would leave empty: build it for real.
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    text_encoder.load_state_dict(text_sd, strict=True)
+    return unet, vae, text_encoder
+
+
+def _recognise_preset(conv_in_weight: torch.Tensor | None) -> str:
+    """The preset whose UNet ``conv_in`` has this weight's width; "sd15" when unknown (errors then name keys)."""
+    width = None if conv_in_weight is None else conv_in_weight.shape[0]
+    return next((p for p in PRESETS if PRESETS[p]["unet"]["block_out_channels"][0] == width), "sd15")
+
+
+def _single_file_networks(path: Path, preset: str | None, ema: bool):
+    from oft.sd import convert
+
+    checkpoint = convert.read_single_file(path)
+    if ema:
+        checkpoint = convert.take_ema(checkpoint, str(path))
+    preset = preset or _recognise_preset(checkpoint.get(convert.UNET_PREFIX + "input_blocks.0.0.weight"))
+    expected = convert.to_ldm_state_dict(build_sd(preset, device="meta"))
+    convert.check_ldm_keys(checkpoint, expected, str(path))
+    cfg = preset_config(preset)
+    unet_sd, vae_sd, text_sd = convert.from_ldm_state_dict(checkpoint, cfg["unet"], cfg["vae"])
+    return preset, _networks_from_state_dicts(preset, unet_sd, vae_sd, text_sd, str(path))
+
+
+_WEIGHT_NAMES = {
+    "unet": [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.bin",
+    ],
+    "vae": [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.bin",
+    ],
+    "text_encoder": [
+        "model.safetensors",
+        "model.fp16.safetensors",
+        "pytorch_model.bin",
+        "pytorch_model.fp16.bin",
+    ],
+}
+
+
+def _folder_networks(path: Path, preset: str | None):
+    from oft.sd import convert
+
+    parts = {}
+    for part, names in _WEIGHT_NAMES.items():
+        found = next((path / part / n for n in names if (path / part / n).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"diffusers folder {path} has no {part}/ weights (looked for {', '.join(names)})"
+            )
+        parts[part] = convert.read_single_file(found)
+    parts["text_encoder"] = convert.strip_text_model_prefix(parts["text_encoder"])
+    parts["text_encoder"].pop("embeddings.position_ids", None)
+    if preset is None:
+        width = parts["unet"]["conv_in.weight"].shape[0] if "conv_in.weight" in parts["unet"] else None
+        preset = next(
+            (p for p in ("sd15", "tiny") if preset_config(p)["unet"]["block_out_channels"][0] == width),
+            "sd15",
+        )
+    return preset, _networks_from_state_dicts(
+        preset, parts["unet"], parts["vae"], parts["text_encoder"], str(path)
+    )
+
+
+def load_sd(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    ema: bool = False,
+    preset: str | None = None,
+) -> SDModels:
+    """Load SD from a single-file checkpoint (``.ckpt``/``.safetensors``, LDM keys) or a diffusers folder, offline.
+
+    The architecture comes from the in-code configs (``preset`` "sd15" or "tiny", recognised from the weights when
+    None); every weight must be present and nothing else (a missing or unexpected key is an error that names it).
+    ``ema=True`` takes the UNet's EMA weights from a file that has both (the reference trained from the non-EMA
+    ones, the default). Returns frozen-free networks in ``dtype`` on the CPU; call ``.freeze()`` and ``.to()``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(missing_checkpoint_message(path))
+    if path.is_dir():
+        if ema:
+            raise ValueError(
+                f"ema=True needs a single-file checkpoint with EMA weights; {path} is a diffusers folder"
+            )
+        preset, (unet, vae, text_encoder) = _folder_networks(path, preset)
+    else:
+        preset, (unet, vae, text_encoder) = _single_file_networks(path, preset, ema)
+    models = assemble(preset, unet, vae, text_encoder, identity=_identity_of(path))
+    return models.to(dtype=dtype)
