@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up the DreamBooth benchmark (google/dreambooth dataset/*) as data/dreambooth/<subject>/.
+# Clones with git when available, else downloads the repository archive (--method git|zip to choose).
+# Resumable and idempotent; --help lists the options. All logic lives in scripts/setup_data.py.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python3}" "$here/setup_data.py" dreambooth "$@"
