@@ -23,7 +23,11 @@ from oft.db.train import TrainConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="adapter.safetensors written by train_dreambooth_oft.py")
-    p.add_argument("--base", default=TrainConfig.pretrained_model, help="the SD1.5 it was trained on (file or diffusers folder)")
+    p.add_argument(
+        "--base",
+        default=TrainConfig.pretrained_model,
+        help="the SD1.5 it was trained on (file or diffusers folder)",
+    )
     p.add_argument("--prompt", default=None, help="text prompt (default: the run's validation prompt)")
     p.add_argument("--negative_prompt", default="", help="negative prompt")
     p.add_argument("--num_images", type=int, default=4, help="images to generate")

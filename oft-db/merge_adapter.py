@@ -21,9 +21,17 @@ from oft.db.train import TrainConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="adapter.safetensors written by train_dreambooth_oft.py")
-    p.add_argument("--base", default=TrainConfig.pretrained_model, help="the SD1.5 it was trained on (file or diffusers folder)")
-    p.add_argument("--output", required=True, help="output folder (diffusers) or .safetensors/.ckpt file (single-file)")
-    p.add_argument("--format", choices=FORMATS, default="diffusers", help="diffusers folder or one LDM-layout file")
+    p.add_argument(
+        "--base",
+        default=TrainConfig.pretrained_model,
+        help="the SD1.5 it was trained on (file or diffusers folder)",
+    )
+    p.add_argument(
+        "--output", required=True, help="output folder (diffusers) or .safetensors/.ckpt file (single-file)"
+    )
+    p.add_argument(
+        "--format", choices=FORMATS, default="diffusers", help="diffusers folder or one LDM-layout file"
+    )
     return p.parse_args(argv)
 
 

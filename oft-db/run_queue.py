@@ -26,9 +26,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="0-749", help="run indices: 137, 0-749, 0-24,50 (default: all 750)")
-    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2 (default: all visible); 'cpu' for one CPU worker")
-    p.add_argument("--output_root", default=DEFAULT_OUTPUT_ROOT, help="where the run folders are (skips finished ones)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (and each run's card) without training")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="GPU ids to use, e.g. 0,1,2 (default: all visible); 'cpu' for one CPU worker",
+    )
+    p.add_argument(
+        "--output_root", default=DEFAULT_OUTPUT_ROOT, help="where the run folders are (skips finished ones)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (and each run's card) without training"
+    )
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks for a free GPU")
     args = p.parse_args(argv)
     args.extra = ["--output_root", args.output_root, *extra]
@@ -39,11 +47,15 @@ def main(args: argparse.Namespace) -> dict[int, int]:
     indices = parse_run_range(args.runs)
     slots = [""] if args.gpus == "cpu" else args.gpus.split(",") if args.gpus else visible_gpus()
     jobs, done = plan_jobs(indices, lambda i: train_argv(i, TRAIN_SCRIPT, args.extra), args.output_root)
-    print(f"{len(indices)} runs: {len(done)} finished (skipped), {len(jobs)} to run on {len(slots)} slot(s) {slots}")
+    print(
+        f"{len(indices)} runs: {len(done)} finished (skipped), {len(jobs)} to run on {len(slots)} slot(s) {slots}"
+    )
     if args.dry_run:
         for job in jobs:
             run = get_run(job.index)
-            print(f"run {run.index:3d}: {run.subject} / {run.class_noun} / {run.validation_prompt!r} -> {job.folder}")
+            print(
+                f"run {run.index:3d}: {run.subject} / {run.class_noun} / {run.validation_prompt!r} -> {job.folder}"
+            )
         return {}
     codes = run_queue(jobs, slots, poll=args.poll)
     failed = sorted(i for i, c in codes.items() if c)

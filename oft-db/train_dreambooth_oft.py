@@ -24,20 +24,37 @@ from oft.paths import data_root
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     bench = parser.add_argument_group("benchmark run (fills the subject, prompts and folders below)")
     bench.add_argument("--run", type=int, help="benchmark run 0..749: subject run//25, prompt run%%25")
     bench.add_argument("--data_root", default=None, help="datasets folder (default $OFT_DATA_ROOT or ./data)")
-    bench.add_argument("--output_root", default=DEFAULT_OUTPUT_ROOT, help="runs go to OUTPUT_ROOT/{subject}-{prompt}")
-    bench.add_argument("--class_root", default=None, help="class images go to CLASS_ROOT/{class} (default DATA_ROOT/class_data)")
-    bench.add_argument("--dry-run", action="store_true", help="print the run's settings and exit without training")
+    bench.add_argument(
+        "--output_root", default=DEFAULT_OUTPUT_ROOT, help="runs go to OUTPUT_ROOT/{subject}-{prompt}"
+    )
+    bench.add_argument(
+        "--class_root",
+        default=None,
+        help="class images go to CLASS_ROOT/{class} (default DATA_ROOT/class_data)",
+    )
+    bench.add_argument(
+        "--dry-run", action="store_true", help="print the run's settings and exit without training"
+    )
     opts = parser.add_argument_group("training options (defaults: the reference's)")
     for f in config_fields():
         default = f.default if f.default is not MISSING else None
         if isinstance(default, bool):
-            opts.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+            opts.add_argument(
+                f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"]
+            )
         else:
-            opts.add_argument(f"--{f.name}", type=type(default), default=default, help=f"{f.metadata['help']} (default: {default})")
+            opts.add_argument(
+                f"--{f.name}",
+                type=type(default),
+                default=default,
+                help=f"{f.metadata['help']} (default: {default})",
+            )
     return parser.parse_args(argv)
 
 
@@ -46,10 +63,17 @@ def main(args: argparse.Namespace) -> Path | None:
     extra = {}
     if args.run is not None:
         root = data_root(args.data_root)
-        run, settings = run_settings(args.run, read_table(root / "dreambooth"), root, args.output_root, args.class_root)
+        run, settings = run_settings(
+            args.run, read_table(root / "dreambooth"), root, args.output_root, args.class_root
+        )
         explicit = {k: v for k, v in values.items() if v != TrainConfig.__dataclass_fields__[k].default}
         values = {**values, **settings, **explicit}  # flags given on the command line win
-        extra = {"run": run.index, "subject": run.subject, "class_noun": run.class_noun, "eval_prompt": run.eval_prompt}
+        extra = {
+            "run": run.index,
+            "subject": run.subject,
+            "class_noun": run.class_noun,
+            "eval_prompt": run.eval_prompt,
+        }
         if args.dry_run:
             print(describe_run(run, values))
             return None

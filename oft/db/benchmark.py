@@ -33,7 +33,13 @@ _SHARED_HEAD = (
     "a {0} {1} with a blue house in the background",
     "a {0} {1} on top of a purple rug in a forest",
 )
-_SHARED_TAIL = ("a red {0} {1}", "a purple {0} {1}", "a shiny {0} {1}", "a wet {0} {1}", "a cube shaped {0} {1}")
+_SHARED_TAIL = (
+    "a red {0} {1}",
+    "a purple {0} {1}",
+    "a shiny {0} {1}",
+    "a wet {0} {1}",
+    "a cube shaped {0} {1}",
+)
 
 OBJECT_PROMPTS: tuple[str, ...] = (
     *_SHARED_HEAD,
@@ -123,7 +129,7 @@ def get_run(index: int, table: PromptTable = BUILTIN) -> Run:
         class_prompt=f"a photo of {noun}",
         validation_prompt=template.format(UNIQUE_TOKEN, noun),
         # dropping "{0} " leaves the plain prompt, e.g. "a dog in the jungle", "a cube shaped dog"
-        eval_prompt=template.replace("{0} ", "").format(noun),
+        eval_prompt=template.replace("{0} ", "").format("", noun),
     )
 
 

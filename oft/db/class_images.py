@@ -9,6 +9,7 @@ queue runs several subjects of one class at once); files appear atomically (temp
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from tqdm.auto import tqdm
 
+from oft.data.files import atomic_write_bytes
 from oft.db.data import list_images
 
 if TYPE_CHECKING:
@@ -44,9 +46,9 @@ def folder_lock(folder: Path):
 def save_png(image, path: Path) -> None:
     """Write a (3, H, W) tensor in [0, 1] as PNG atomically."""
     array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def ensure_class_images(
@@ -79,7 +81,9 @@ def ensure_class_images(
                     "use another --class_data_dir"
                 )
         else:
-            meta_path.write_text(json.dumps({**meta, "base_model": models.identity}, indent=1))
+            atomic_write_bytes(
+                meta_path, json.dumps({**meta, "base_model": models.identity}, indent=1).encode()
+            )
         have = {p.stem for p in list_images(folder)}
         missing = [k for k in range(num_images) if f"{k:04d}" not in have]
         needed = max(0, num_images - len(have))

@@ -39,7 +39,11 @@ def load_with_adapter(
     meta = oft_layers.load_adapter(models.unet, adapter)
     trained_on = meta.get("base_model")
     if trained_on and trained_on != models.identity:
-        logger.warning("adapter was trained on base %s, loading it into %s (same weights moved or copied?)", trained_on, models.identity)
+        logger.warning(
+            "adapter was trained on base %s, loading it into %s (same weights moved or copied?)",
+            trained_on,
+            models.identity,
+        )
     if merge:
         oft_layers.strip(models.unet, merge=True)
     return models.to(device, dtype), meta
@@ -64,7 +68,9 @@ def to_pipeline(models):
     )
 
 
-def export_merged(base: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike, fmt: str) -> Path:
+def export_merged(
+    base: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike, fmt: str
+) -> Path:
     """Write base + adapter as one standalone model: ``"diffusers"`` (a folder ``save_pretrained`` writes) or
     ``"single-file"`` (original LDM keys; ``.safetensors`` or ``.ckpt`` by the output's suffix). Atomic."""
     from oft.sd.convert import save_single_file

@@ -112,7 +112,9 @@ def run_queue(jobs: Sequence[Job], slots: Sequence[str], *, poll: float = 1.0, l
     Returns ``{run index: exit code}``. A failed run does not stop the queue; its log holds the reason.
     """
     if not slots:
-        raise ValueError("no GPU visible: set CUDA_VISIBLE_DEVICES or pass --gpus (use --gpus cpu to run on the CPU)")
+        raise ValueError(
+            "no GPU visible: set CUDA_VISIBLE_DEVICES or pass --gpus (use --gpus cpu to run on the CPU)"
+        )
     pending = list(jobs)
     running: dict[str, tuple[Job, subprocess.Popen, object]] = {}
     codes: dict[int, int] = {}
@@ -124,7 +126,11 @@ def run_queue(jobs: Sequence[Job], slots: Sequence[str], *, poll: float = 1.0, l
             job.folder.mkdir(parents=True, exist_ok=True)
             logfile = open(job.folder / "train.log", "a")
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": slot}
-            running[slot] = (job, subprocess.Popen(job.argv, stdout=logfile, stderr=subprocess.STDOUT, env=env), logfile)
+            running[slot] = (
+                job,
+                subprocess.Popen(job.argv, stdout=logfile, stderr=subprocess.STDOUT, env=env),
+                logfile,
+            )
             log(f"[{time.strftime('%H:%M:%S')}] run {job.index} -> gpu {slot or 'cpu'} ({job.folder})")
         time.sleep(poll)
         for slot, (job, proc, logfile) in list(running.items()):
@@ -132,7 +138,11 @@ def run_queue(jobs: Sequence[Job], slots: Sequence[str], *, poll: float = 1.0, l
                 logfile.close()
                 codes[job.index] = proc.returncode
                 del running[slot]
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {job.folder}/train.log)"
+                status = (
+                    "done"
+                    if proc.returncode == 0
+                    else f"FAILED (exit {proc.returncode}, see {job.folder}/train.log)"
+                )
                 log(f"[{time.strftime('%H:%M:%S')}] run {job.index} {status}")
     return codes
 

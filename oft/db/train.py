@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import oft_layers
+from oft.data.files import atomic_write_bytes
 from oft.db.class_images import ensure_class_images, save_png
 from oft.db.data import DreamBoothSteps, StepSampler, instance_images, list_images, step_generator
 from oft.paths import models_root
@@ -100,7 +101,9 @@ class TrainConfig:
             if not getattr(self, name):
                 raise ValueError(f"--{name} is required (or pick a benchmark run with --run i)")
         if self.with_prior_preservation and not (self.class_prompt and self.class_data_dir):
-            raise ValueError("prior preservation needs --class_prompt and --class_data_dir (or --no-with_prior_preservation)")
+            raise ValueError(
+                "prior preservation needs --class_prompt and --class_data_dir (or --no-with_prior_preservation)"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.resolution % 8:
@@ -114,7 +117,12 @@ class TrainConfig:
             raise ValueError(f"--validation_sampler must be ddim or dpm, got {self.validation_sampler!r}")
 
     def oft_options(self) -> dict:
-        return {"r": self.r, "eps": self.eps if self.coft else None, "coft": self.coft, "block_share": self.block_share}
+        return {
+            "r": self.r,
+            "eps": self.eps if self.coft else None,
+            "coft": self.coft,
+            "block_share": self.block_share,
+        }
 
 
 def config_fields() -> list:
@@ -125,7 +133,11 @@ def config_fields() -> list:
 # --- checkpoints ---------------------------------------------------------------------------------------------
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first."""
-    found = [p for p in output_dir.glob(CHECKPOINT_PREFIX + "*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    found = [
+        p
+        for p in output_dir.glob(CHECKPOINT_PREFIX + "*")
+        if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
@@ -138,18 +150,27 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
         return found[-1] if found else None
     path = Path(spec)
     if not (path / "state.pt").is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {spec}: no checkpoint there (expected {path}/state.pt)")
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {spec}: no checkpoint there (expected {path}/state.pt)"
+        )
     return path
 
 
-def save_checkpoint(output_dir: Path, step: int, unet, optimizer, lr_scheduler, meta: dict, limit: int) -> Path:
+def save_checkpoint(
+    output_dir: Path, step: int, unet, optimizer, lr_scheduler, meta: dict, limit: int
+) -> Path:
     """Write ``checkpoint-{step}/`` (adapter, optimizer + scheduler state, config) atomically; rotate old ones."""
     final = output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = output_dir / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     oft_layers.save_adapter(unet, tmp / ADAPTER_NAME, {k: str(v) for k, v in meta.items()})
-    state = {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "meta": meta}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "meta": meta,
+    }
     torch.save(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -203,12 +224,6 @@ def validation_images(models, cfg: TrainConfig, folder: Path) -> torch.Tensor:
     return images
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 # --- the loop ----------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
     """Train one DreamBooth-OFT run; returns the path of the saved adapter. Resumable (``resume_from_checkpoint``).
@@ -225,7 +240,9 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
     cfg.validate()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+    )
     if accelerator.num_processes > 1:
         raise RuntimeError("one GPU per run (batch 1): launch one process per run, e.g. oft-db/run_queue.py")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
@@ -257,20 +274,38 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
-    logger.info("OFT layers: %d, trainable (skew DOF): %s", len(list(oft_layers.oft_modules(unet))), f"{oft_layers.count_trainable(unet):,}")
+    logger.info(
+        "OFT layers: %d, trainable (skew DOF): %s",
+        len(list(oft_layers.oft_modules(unet))),
+        f"{oft_layers.count_trainable(unet):,}",
+    )
 
     # 4. data, optimizer, schedule
     data = DreamBoothSteps(
-        instance_paths, class_paths, size=cfg.resolution, batch_size=cfg.train_batch_size, seed=cfg.seed, center_crop=cfg.center_crop
+        instance_paths,
+        class_paths,
+        size=cfg.resolution,
+        batch_size=cfg.train_batch_size,
+        seed=cfg.seed,
+        center_crop=cfg.center_crop,
     )
     steps_per_epoch = math.ceil(data.steps_per_epoch / cfg.gradient_accumulation_steps)
     validate_every = cfg.validation_steps or steps_per_epoch
     optimizer = torch.optim.AdamW(
-        params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        weight_decay=cfg.weight_decay,
     )
     if cfg.coft:
         oft_layers.project_after_step(optimizer, unet)  # checkpoints always hold projected R
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=cfg.max_train_steps)
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=cfg.max_train_steps,
+    )
 
     # 5. resume: the adapter, the optimizer and the schedule; data and noise are functions of the step alone
     meta = {
@@ -296,14 +331,21 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
         logger.info("resumed from %s at step %d", checkpoint, start)
     elif cfg.resume_from_checkpoint:
         logger.info("no checkpoint in %s yet: starting a new run", out)
-    _atomic_json(out / RUN_INFO, {"config": asdict(cfg), **meta, "class_images_generated": generated, "resumed_from_step": start})
+    info = {"config": asdict(cfg), **meta, "class_images_generated": generated, "resumed_from_step": start}
+    atomic_write_bytes(out / RUN_INFO, json.dumps(info, indent=1, sort_keys=True).encode())
 
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     micro = cfg.gradient_accumulation_steps
     loader = torch.utils.data.DataLoader(
-        data, sampler=StepSampler(start * micro, cfg.max_train_steps * micro), batch_size=None, num_workers=cfg.num_workers
+        data,
+        sampler=StepSampler(start * micro, cfg.max_train_steps * micro),
+        batch_size=None,
+        num_workers=cfg.num_workers,
     )
-    context = models.encode_prompts([cfg.instance_prompt] * cfg.train_batch_size + ([cfg.class_prompt] * cfg.train_batch_size if class_paths else []))
+    context = models.encode_prompts(
+        [cfg.instance_prompt] * cfg.train_batch_size
+        + ([cfg.class_prompt] * cfg.train_batch_size if class_paths else [])
+    )
     scheduler = models.noise_scheduler
     bar = tqdm(total=cfg.max_train_steps, initial=start, desc="train", disable=not cfg.progress)
     log = open(out / LOG_FILE, "a")
@@ -316,7 +358,9 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
             pixels = batch["pixel_values"]
             latents = models.encode_images(pixels, generator=g)  # (B', 4, h, w), B' = 2B with prior
             noise = torch.randn(latents.shape, generator=g).to(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(latents.device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(
+                latents.device
+            )
             noisy = scheduler.add_noise(latents, noise, t)
             pred = unet(noisy, t, encoder_hidden_states=context).sample
             if class_paths:  # instance half first, class half second
@@ -337,7 +381,17 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "time": round(time.time() - t0, 3)}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "time": round(time.time() - t0, 3),
+                }
+            )
+            + "\n"
+        )
         log.flush()
         if step % validate_every == 0 or step == cfg.max_train_steps:
             with merged_for_inference(unet):
