@@ -18,6 +18,12 @@ def oft_modules(model: nn.Module) -> Iterator[tuple[str, OFTLayer]]:
             yield name, module
 
 
+def oft_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The trainable adapter parameters (R, and s with magnitude fitting) of every OFT layer: what to optimise."""
+    for _, layer in oft_modules(model):
+        yield from (p for p in (layer.R, layer.s) if p is not None and p.requires_grad)
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -39,26 +45,32 @@ def wrap(module: nn.Module, config: OFTConfig, name: str = "") -> OFTLayer:
 
 
 def inject(model: nn.Module, targets: Sequence[str], **options) -> list[str]:
-    """Wrap every Linear/Conv2d whose module path fully matches one of the regexes ``targets``; freeze the rest
-    of those layers. Options are ``OFTConfig``'s (r, eps, coft, block_share, cayley, neumann_terms, magnitude,
+    """Wrap every Linear/Conv2d whose module path fully matches one of the regexes ``targets`` (other matched
+    modules, e.g. containers, are passed over; a pattern matching no Linear/Conv2d is an error); the wrapped
+    base layers are frozen. Options are ``OFTConfig``'s (r, eps, coft, block_share, cayley, neumann_terms, magnitude,
     path). Returns the wrapped names. Matching by path, not by class, so another attention implementation
     cannot silently drop layers.
     """
     if isinstance(targets, str) or not targets:
         raise ValueError("targets must be a non-empty list of module-path regexes, e.g. [r'.*attn1\\.to_q']")
     config = OFTConfig(**options)
-    patterns = [re.compile(t) for t in targets]
-    names = [n for n, _ in model.named_modules() if n]
-    chosen: list[str] = []
-    for pattern in patterns:
-        hits = [n for n in names if pattern.fullmatch(n)]
-        if not hits:
-            raise ValueError(
-                f"target {pattern.pattern!r} matches no module of {type(model).__name__} "
-                f"(module paths look like {names[:3]})"
-            )
-        chosen += [n for n in hits if n not in chosen]
     modules = dict(model.named_modules())
+    chosen: list[str] = []
+    for pattern in map(re.compile, targets):
+        hits = [n for n in modules if n and pattern.fullmatch(n)]
+        # containers and activations may match a broad pattern too; only Linear/Conv2d (or OFT) layers count
+        layers = [n for n in hits if isinstance(modules[n], (nn.Linear, nn.Conv2d, OFTLayer))]
+        if not layers:
+            found = (
+                f"it matched only {sorted({type(modules[n]).__name__ for n in hits})}"
+                if hits
+                else (f"module paths look like {[n for n in modules if n][:3]}")
+            )
+            raise ValueError(
+                f"target {pattern.pattern!r} matches no nn.Linear/nn.Conv2d of "
+                f"{type(model).__name__} ({found})"
+            )
+        chosen += [n for n in layers if n not in chosen]
     wrapped = [
         (name, wrap(modules[name], config, name)) for name in chosen
     ]  # validate all before changing any

@@ -380,9 +380,9 @@ def test_bad_inputs_are_refused_with_clear_messages():
         ol.OFTLinear(make_linear(), r=4, coft=True)
     with pytest.raises(ValueError, match="non-empty"):
         ol.inject(tiny_model(), [])
-    with pytest.raises(ValueError, match="matches no module"):
+    with pytest.raises(ValueError, match="matches no nn.Linear"):
         ol.inject(tiny_model(), [r".*to_q"])
-    with pytest.raises(TypeError, match="GELU"):
+    with pytest.raises(ValueError, match="matched only \\['GELU'\\]"):
         ol.inject(tiny_model(), ["1"])
     model = tiny_model()
     ol.inject(model, ["0"], r=4)
@@ -404,7 +404,7 @@ def test_inject_failure_leaves_model_untouched():
     model = nn.Sequential(nn.Linear(12, 18), nn.GELU(), nn.Linear(18, 8))
     with pytest.raises(ValueError, match="'2': .*do not divide its 18 input features"):
         ol.inject(model, ["0", "2"], r=4)  # fits layer 0 (12 inputs), not layer 2 (18)
-    with pytest.raises(ValueError, match="matches no module"):
+    with pytest.raises(ValueError, match="matches no nn.Linear"):
         ol.inject(model, ["0", "nope"], r=4)  # layer 0 is valid, but nothing may change
     assert not list(ol.oft_modules(model))
 
@@ -416,3 +416,18 @@ def test_hyperspherical_energy_known_answer():
     # opposite neurons: distance 2 -> 2 * (1/2)^2 with power 2
     W = torch.tensor([[1.0, 0.0], [-2.0, 0.0]])
     assert torch.isclose(ol.hyperspherical_energy(W, power=2), torch.tensor(0.5, dtype=torch.float64))
+
+
+def test_readme_example_trains_only_the_rotations():
+    model = tiny_model().requires_grad_(False)
+    names = ol.inject(model, [r"\d"], r=4, eps=1e-3, coft=True)
+    assert names == ["0", "2"]
+    params = list(ol.oft_parameters(model))
+    assert [p.shape for p in params] == [(4, 4, 4), (4, 8, 8)]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    ol.project_after_step(opt, model)
+    before = [m.weight.clone() for m in model if isinstance(m, nn.Linear)]
+    model(torch.randn(2, 16)).sum().backward()
+    opt.step()
+    assert all(p.abs().max() > 0 for p in params)
+    assert all(torch.equal(a, layer.base.weight) for a, (_, layer) in zip(before, ol.oft_modules(model)))

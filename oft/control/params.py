@@ -1,0 +1,79 @@
+"""Trainable parameters of the control model (paper Table 3), counted on the real SD1.5 architecture, weight-free.
+
+The UNet and the hint encoder are built on the meta device (shapes only, no memory), OFT is injected on the 144
+control targets, and the rotations are counted as the reference did: skew degrees of freedom ``r·b(b−1)/2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from oft.control.hint import HintEncoder
+from oft.sd.configs import preset_config
+from oft.sd.targets import CONTROL_TARGETS
+
+# Paper Table 3 (SPEC §2): OFT skew DOF of the 144 layers and the reported total, per r.
+PAPER_TABLE3: dict[int, tuple[int, str]] = {
+    2: (26_345_824, "29.5M"),
+    4: (13_144_928, "16.3M"),
+    8: (6_544_480, "9.7M"),
+    16: (3_244_256, "6.4M"),
+}
+# The reference's control model also built a time-embedding MLP, Linear(320, 1280) -> SiLU -> Linear(1280, 1280),
+# that its forward never used; its parameters are in the paper's totals. We do not build it.
+UNUSED_TIME_MLP = (320 * 1280 + 1280) + (1280 * 1280 + 1280)  # 2,050,560
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """One row of the table: OFT rotations, hint encoder, our total and the reference's total."""
+
+    r: int
+    layers: int
+    oft_dof: int
+    hint_encoder: int
+
+    @property
+    def total(self) -> int:
+        return self.oft_dof + self.hint_encoder
+
+    @property
+    def reference_total(self) -> int:
+        return self.total + UNUSED_TIME_MLP
+
+
+def count_control_parameters(r: int, preset: str = "sd15") -> ParameterCount:
+    """Inject OFT with ``r`` blocks on ``CONTROL_TARGETS`` of a weight-free UNet of ``preset`` and count."""
+    from oft_layers import (
+        count_trainable,
+        inject,
+    )  # the adapter package; imported here to keep oft.control light
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**preset_config(preset)["unet"]).requires_grad_(False)
+        hint = HintEncoder(out_channels=unet.conv_in.out_channels)
+    names = inject(unet, CONTROL_TARGETS, r=r)
+    return ParameterCount(r, len(names), count_trainable(unet), sum(p.numel() for p in hint.parameters()))
+
+
+def format_parameter_table(rows: list[ParameterCount]) -> str:
+    """The table printed by ``tool_add_control_oft.py --count-only``, next to the paper's figures."""
+    lines = [
+        "| r | OFT layers | OFT skew DOF | paper Table 3 DOF | hint encoder | total (ours) | reference total | paper |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        paper_dof, paper_total = PAPER_TABLE3.get(row.r, (None, "-"))
+        lines.append(
+            f"| {row.r} | {row.layers} | {row.oft_dof:,} | {'-' if paper_dof is None else f'{paper_dof:,}'} | "
+            f"{row.hint_encoder:,} | {row.total:,} | {row.reference_total:,} | {paper_total} |"
+        )
+    lines.append(
+        f"\nThe reference total adds {UNUSED_TIME_MLP:,} parameters of a time-embedding MLP "
+        "(Linear 320->1280, SiLU, Linear 1280->1280) that the reference's control model built but never used in "
+        "its forward pass; we do not build it, so our trainable total is smaller by exactly that amount."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""The parameter command reproduces paper Table 3's OFT figures on the weight-free SD1.5 architecture."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from oft.control.params import PAPER_TABLE3, UNUSED_TIME_MLP, count_control_parameters
+
+SCRIPT = Path(__file__).resolve().parents[1] / "oft-control" / "tool_add_control_oft.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("tool_add_control_oft", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unused_mlp_is_the_paper_difference():
+    assert UNUSED_TIME_MLP == 2_050_560
+    # the paper's totals = OFT DOF + hint encoder (1,086,480) + the unused MLP, to the reported 0.1M
+    for r, (dof, total) in PAPER_TABLE3.items():
+        assert f"{(dof + 1_086_480 + UNUSED_TIME_MLP) / 1e6:.1f}M" == total, r
+
+
+def test_count_only_prints_the_four_figures(capsys):
+    tool = _tool()
+    table = tool.main(tool.parse_args(["--count-only", "--r", "2", "4", "8", "16"]))
+    assert capsys.readouterr().out.strip() == table.strip()
+    for figure in ("26,345,824", "13,144,928", "6,544,480", "3,244,256", "1,086,480", "2,050,560"):
+        assert figure in table
+    row4 = next(line for line in table.splitlines() if line.startswith("| 4 |"))
+    assert row4 == ("| 4 | 144 | 13,144,928 | 13,144,928 | 1,086,480 | 14,231,408 | 16,281,968 | 16.3M |")
+
+
+def test_counts_follow_the_formula_on_the_tiny_preset():
+    """r·b(b−1)/2 per layer by hand. Tiny: three 32-wide transformer blocks (down, two up) and a 64-wide mid
+    block whose attn2 keys/values read the 32-wide text context."""
+    row = count_control_parameters(2, preset="tiny")
+    widths = [32] * 9 * 3 + [64] * 7 + [32] * 2
+    assert row.layers == 36
+    assert row.oft_dof == sum(2 * (w // 2) * (w // 2 - 1) // 2 for w in widths)
+
+
+def test_flags_are_checked():
+    tool = _tool()
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--count-only", "--r", "0"])
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--r", "4"])

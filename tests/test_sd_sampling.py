@@ -1,0 +1,109 @@
+"""Samplers: per-item seeds (batch-split invariant), CFG mixing, and the conv_in control hook on both branches."""
+
+import pytest
+import torch
+
+from oft.sd import build_sd
+from oft.sd.hooks import add_to_conv_in, conv_in_channels
+from oft.sd.sampling import CONTROL_EVAL, DREAMBOOTH_VALIDATION, make_scheduler, sample
+
+PROMPTS = ["a photo of qwe dog", "a photo of qwe dog", "a teapot on a table"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_sd("tiny", seed=1).freeze()
+
+
+def _sample(models, prompts, seeds, **kw):
+    kw = {"steps": 3, "height": 32, "width": 32, "progress": False, **kw}
+    return sample(models, prompts, seeds=seeds, **kw)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_same_seed_same_image_for_any_batch_split(tiny, sampler):
+    whole = _sample(tiny, PROMPTS, [11, 12, 13], sampler=sampler)
+    assert whole.shape == (3, 3, 32, 32) and whole.min() >= 0 and whole.max() <= 1
+    first = _sample(tiny, PROMPTS[:1], [11], sampler=sampler)
+    rest = _sample(tiny, PROMPTS[1:], [12, 13], sampler=sampler)
+    assert torch.allclose(whole, torch.cat([first, rest]), atol=1e-5)
+    assert (whole[0] - whole[1]).abs().max() > 1e-3  # same prompt, another seed: another image
+    if sampler == "ddim":  # a rerun of the same batch is bit-identical
+        assert torch.equal(rest, _sample(tiny, PROMPTS[1:], [12, 13], sampler=sampler))
+
+
+def test_ddim_eta_noise_is_per_item_and_changes_the_result(tiny):
+    a = _sample(tiny, PROMPTS[:2], [5, 6], eta=1.0)
+    b = torch.cat([_sample(tiny, PROMPTS[:1], [5], eta=1.0), _sample(tiny, PROMPTS[1:2], [6], eta=1.0)])
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a - _sample(tiny, PROMPTS[:2], [5, 6])).abs().max() > 1e-3
+
+
+def test_guidance_mixes_conditional_and_unconditional(tiny):
+    """w=1 is the conditional branch alone; w=0 is the negative prompt alone."""
+    cond = _sample(tiny, ["a photo of a dog"], [3], guidance=1.0)
+    w0 = _sample(tiny, ["a photo of a dog"], [3], guidance=0.0, negative_prompt="a blue car")
+    uncond = _sample(tiny, ["a blue car"], [3], guidance=1.0)
+    assert torch.allclose(w0, uncond, atol=1e-5)
+    assert (cond - uncond).abs().max() > 1e-4
+    assert (cond - _sample(tiny, ["a photo of a dog"], [3], guidance=9.0)).abs().max() > 1e-4
+
+
+def test_schedulers_have_sd15_settings(tiny):
+    ddim = make_scheduler("ddim", tiny.noise_scheduler.config)
+    ddim.set_timesteps(50)
+    assert ddim.timesteps[0].item() == 981 and ddim.timesteps[-1].item() == 1  # leading spacing, offset 1
+    assert not ddim.config.set_alpha_to_one and ddim.config.beta_schedule == "scaled_linear"
+    dpm = make_scheduler("dpm", tiny.noise_scheduler.config)
+    assert dpm.config.algorithm_type == "dpmsolver++" and dpm.config.solver_order == 2
+    assert CONTROL_EVAL == {"sampler": "ddim", "steps": 50, "guidance": 9.0, "eta": 0.0}
+    assert DREAMBOOTH_VALIDATION == {"sampler": "dpm", "steps": 25, "guidance": 7.5}
+
+
+def test_conv_in_hook_equals_a_bias_shift(tiny):
+    """Adding a spatially constant map after conv_in is adding it to conv_in's bias: a known answer."""
+    c = conv_in_channels(tiny.unet)
+    v = torch.linspace(-0.5, 0.5, c)
+    feats = v[None, :, None, None].expand(2, c, 4, 4)
+    x, t, ctx = torch.randn(2, 4, 4, 4), torch.tensor([50, 700]), tiny.encode_prompts(PROMPTS[:2])
+    with torch.no_grad(), add_to_conv_in(tiny.unet, feats):
+        hooked = tiny.unet(x, t, ctx).sample
+    plain = tiny.unet(x, t, ctx).sample  # the hook is gone after the block
+    shifted = build_sd("tiny", seed=1).freeze()
+    shifted.unet.conv_in.bias += v
+    expected = shifted.unet(x, t, ctx).sample
+    assert torch.allclose(hooked, expected, atol=1e-5) and (hooked - plain).abs().max() > 1e-4
+
+
+def test_control_reaches_both_cfg_branches(tiny):
+    """Sampling under the hook equals sampling a UNet whose conv_in bias carries the control: so the
+    unconditional branch sees it too (were it only in the conditional half, the results would differ)."""
+    c = conv_in_channels(tiny.unet)
+    v = torch.linspace(0.3, -0.3, c)
+    feats = v[None, :, None, None].expand(2, c, 4, 4)
+    with add_to_conv_in(tiny.unet, feats):
+        hooked = _sample(tiny, PROMPTS[:2], [1, 2])
+    shifted = build_sd("tiny", seed=1).freeze()
+    with torch.no_grad():
+        shifted.unet.conv_in.bias += v
+    assert torch.allclose(hooked, _sample(shifted, PROMPTS[:2], [1, 2]), atol=1e-5)
+
+
+def test_hook_passes_gradients_to_the_features(tiny):
+    feats = torch.zeros(1, conv_in_channels(tiny.unet), 4, 4, requires_grad=True)
+    with add_to_conv_in(tiny.unet, feats):
+        out = tiny.unet(torch.randn(1, 4, 4, 4), torch.tensor([10]), tiny.encode_prompts(["x"])).sample
+    out.square().mean().backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+def test_bad_inputs_are_explained(tiny):
+    with pytest.raises(ValueError, match="2 prompts but 1 seeds"):
+        _sample(tiny, PROMPTS[:2], [1])
+    with pytest.raises(ValueError, match="not a multiple of 8"):
+        _sample(tiny, PROMPTS[:1], [1], height=30)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        _sample(tiny, PROMPTS[:1], [1], sampler="euler")
+    with pytest.raises(ValueError, match="do not fit conv_in"):
+        with add_to_conv_in(tiny.unet, torch.zeros(1, 3, 4, 4)):
+            _sample(tiny, PROMPTS[:1], [1])
