@@ -245,3 +245,25 @@ def test_queue_runs_one_job_per_slot(tmp_path):
     assert at_once == 2 and time.time() - t0 < 30  # two slots used in parallel, never three jobs at once
     with pytest.raises(ValueError, match="no GPU visible"):
         run_queue(jobs, [])
+
+
+def test_training_defaults_are_the_reference_settings():
+    """SPEC §4 values, and the validation sampler of ``oft.sd.sampling`` (one source of those settings)."""
+    from oft.db.train import TrainConfig
+    from oft.sd.sampling import DREAMBOOTH_VALIDATION
+
+    cfg = TrainConfig()
+    expected = {
+        "r": 4, "eps": 6e-5, "coft": True, "block_share": False, "learning_rate": 6e-5, "weight_decay": 1e-2,
+        "max_grad_norm": 1.0, "lr_scheduler": "constant", "train_batch_size": 1, "resolution": 512, "seed": 0,
+        "with_prior_preservation": True, "prior_loss_weight": 1.0, "num_class_images": 200, "num_validation_images": 8,
+    }  # fmt: skip
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert (cfg.validation_sampler, cfg.validation_inference_steps, cfg.guidance_scale) == (
+        DREAMBOOTH_VALIDATION["sampler"],
+        DREAMBOOTH_VALIDATION["steps"],
+        DREAMBOOTH_VALIDATION["guidance"],
+    )
+    assert cfg.oft_options() == {"r": 4, "eps": 6e-5, "coft": True, "block_share": False}
+    cfg.coft = False  # plain OFT: no radius applies
+    assert cfg.oft_options()["eps"] is None and not cfg.oft_options()["coft"]
