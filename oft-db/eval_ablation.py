@@ -27,16 +27,28 @@ from oft.paths import data_root
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output_root", default=DEFAULT_OUTPUT_ROOT, help="folder of the run folders {subject}-{prompt}")
-    p.add_argument("--data_root", default=None, help="datasets folder holding dreambooth/ (default $OFT_DATA_ROOT or ./data)")
-    p.add_argument("--prompts", default="4", help="prompt indices to evaluate: 'all' or e.g. 4 or 0,4,7 (default: 4)")
+    p.add_argument(
+        "--output_root", default=DEFAULT_OUTPUT_ROOT, help="folder of the run folders {subject}-{prompt}"
+    )
+    p.add_argument(
+        "--data_root",
+        default=None,
+        help="datasets folder holding dreambooth/ (default $OFT_DATA_ROOT or ./data)",
+    )
+    p.add_argument(
+        "--prompts", default="4", help="prompt indices to evaluate: 'all' or e.g. 4 or 0,4,7 (default: 4)"
+    )
     p.add_argument("--subjects", default="all", help="'all' or comma-separated subject names")
     p.add_argument("--step", type=int, default=1000, help="training step whose validation images are scored")
-    p.add_argument("--num_images", type=int, default=4, help="generated images per run (first N sorted names)")
+    p.add_argument(
+        "--num_images", type=int, default=4, help="generated images per run (first N sorted names)"
+    )
     p.add_argument("--results_dir", default=None, help="where results.json/.md go (default: OUTPUT_ROOT)")
     p.add_argument("--dino", default=DINO_MODEL, help="DINO ViT-S/16: hub name (cached) or local folder")
     p.add_argument("--clip", default=CLIP_MODEL, help="CLIP ViT-L/14: hub name (cached) or local folder")
-    p.add_argument("--lpips_net", default=LPIPS_NET, choices=("vgg", "alex", "squeeze"), help="LPIPS backbone")
+    p.add_argument(
+        "--lpips_net", default=LPIPS_NET, choices=("vgg", "alex", "squeeze"), help="LPIPS backbone"
+    )
     p.add_argument("--lpips_size", type=int, default=512, help="images are resized to this square for LPIPS")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     return p.parse_args(argv)
@@ -57,13 +69,19 @@ def main(args: argparse.Namespace, metrics=None) -> dict:
     indices = selected_runs(args, table)
     if metrics is None:
         metrics = load_subject_metrics(args.dino, args.clip, args.lpips_net, args.device, args.lpips_size)
-    results = evaluate_runs(metrics, indices, args.output_root, dataset, step=args.step, num_images=args.num_images, table=table)
+    results = evaluate_runs(
+        metrics, indices, args.output_root, dataset, step=args.step, num_images=args.num_images, table=table
+    )
     if not results["runs"]:
         raise FileNotFoundError(
             f"no run under {args.output_root} has {args.num_images} validation images at step {args.step}: "
             "train first (oft-db/train_dreambooth_oft.sh) or pick --step"
         )
-    json_path, md_path = write_results(results, args.results_dir or args.output_root, f"results-step{args.step}-prompts{args.prompts.replace(',', '_')}")
+    json_path, md_path = write_results(
+        results,
+        args.results_dir or args.output_root,
+        f"results-step{args.step}-prompts{args.prompts.replace(',', '_')}",
+    )
     print(to_markdown(results))
     print(f"wrote {json_path} and {md_path}")
     return results

@@ -66,7 +66,8 @@ def main(args: argparse.Namespace) -> Path | None:
         run, settings = run_settings(
             args.run, read_table(root / "dreambooth"), root, args.output_root, args.class_root
         )
-        explicit = {k: v for k, v in values.items() if v != TrainConfig.__dataclass_fields__[k].default}
+        defaults = {f.name: f.default for f in config_fields()}
+        explicit = {k: v for k, v in values.items() if v != defaults[k]}
         values = {**values, **settings, **explicit}  # flags given on the command line win
         extra = {
             "run": run.index,

@@ -16,7 +16,7 @@ from PIL import Image
 import oft.db.train as train_mod
 import oft_layers
 from oft.db.data import DreamBoothSteps, list_images
-from oft.db.export import load_with_adapter, to_pipeline
+from oft.db.export import load_with_adapter
 from oft.db.train import TrainConfig
 from oft.sd import build_sd, load_sd
 from oft.sd.convert import save_single_file
@@ -66,7 +66,16 @@ def full_run(setup):
     script = load_script("train_dreambooth_oft")
     adapter = script.main(
         script.parse_args(
-            ["--run", str(RUN), "--max_train_steps", "4", "--output_root", str(root / "full"), *common]
+            [
+                "--run",
+                str(RUN),
+                "--max_train_steps",
+                "4",
+                "--output_root",
+                str(root / "full"),
+                "--keep_checkpoints",
+                *common,
+            ]
         )
     )
     return adapter
@@ -130,11 +139,15 @@ def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
         assert torch.equal(saved[k], v)  # same state as the uninterrupted run at step 2
 
     adapter = script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"]))
+    assert not list(run_dir.glob("checkpoint-*"))  # finished: checkpoints removed (no --keep_checkpoints)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["resumed_from_step"] == 2 and info["class_images_generated"] == 0
     assert {p.name: p.stat().st_mtime_ns for p in list_images(class_dir)} == mtimes  # reused, not regenerated
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # the counter continues at 3
+    stamp = adapter.stat().st_mtime_ns
+    assert script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"])) == adapter
+    assert adapter.stat().st_mtime_ns == stamp  # a re-submitted finished job does nothing
     final, reference = read_R(adapter), read_R(full_run)
     for k in reference:
         assert torch.allclose(final[k], reference[k], atol=1e-7, rtol=1e-5), k  # resumed == uninterrupted
@@ -234,17 +247,6 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
     ).images[0]
     ours = np.asarray(Image.open(paths[0])).astype(int)
     assert np.abs(ours - np.round(img * 255).astype(int)).max() <= 1
-    adapter_pipe = to_pipeline(adapted)  # unmerged OFT layers inside a pipeline work too
-    adapter_pipe.set_progress_bar_config(disable=True)
-    img2 = adapter_pipe(
-        "a qwe cat wearing a red hat",
-        num_inference_steps=3,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images[0]
-    assert np.abs(img2 - img).max() < 1e-4
 
 
 def test_evaluation_of_the_trained_run(setup, full_run):

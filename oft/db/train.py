@@ -92,6 +92,9 @@ class TrainConfig:
     guidance_scale: float = _f(7.5, "classifier-free guidance of validation images")
     checkpointing_steps: int = _f(200, "save a resumable checkpoint every N steps (0: never)")
     checkpoints_total_limit: int = _f(2, "keep at most this many checkpoints (0: all)")
+    keep_checkpoints: bool = _f(
+        False, "keep the checkpoints after the run finished (they only serve resuming)"
+    )
     resume_from_checkpoint: str = _f("", "'latest' or a checkpoint folder; nothing found: start fresh")
     progress: bool = _f(True, "progress bars")
 
@@ -224,6 +227,33 @@ def validation_images(models, cfg: TrainConfig, folder: Path) -> torch.Tensor:
     return images
 
 
+def dreambooth_loss(
+    models,
+    unet,
+    pixels: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+    prior_weight: float | None,
+) -> torch.Tensor:
+    """ε-prediction MSE of one batch (pixels (B', 3, H, W) in [-1, 1], context (B', 77, hidden)).
+
+    Latents, noise and timesteps come from ``generator``. With prior preservation (``prior_weight`` not None) the
+    second half of the batch are class images, whose loss is added with that weight (DreamBooth).
+    """
+    scheduler = models.noise_scheduler
+    latents = models.encode_images(pixels, generator=generator)  # (B', 4, H/8, W/8)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    pred = unet(
+        scheduler.add_noise(latents, noise, t.to(latents.device)), t.to(latents.device), context
+    ).sample
+    if prior_weight is None:
+        return F.mse_loss(pred.float(), noise.float())
+    pred, pred_prior = pred.float().chunk(2)
+    noise, noise_prior = noise.float().chunk(2)
+    return F.mse_loss(pred, noise) + prior_weight * F.mse_loss(pred_prior, noise_prior)
+
+
 # --- the loop ----------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
     """Train one DreamBooth-OFT run; returns the path of the saved adapter. Resumable (``resume_from_checkpoint``).
@@ -239,6 +269,11 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
 
     cfg.validate()
     out = Path(cfg.output_dir)
+    if cfg.resume_from_checkpoint and (out / ADAPTER_NAME).is_file():
+        done = int(oft_layers.read_adapter(out / ADAPTER_NAME)[1].get("steps", 0))
+        if done >= cfg.max_train_steps:  # a re-submitted job-array task: nothing left to do
+            logger.info("%s already holds the adapter of %d steps: nothing to do", out, done)
+            return out / ADAPTER_NAME
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
@@ -346,60 +381,45 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
         [cfg.instance_prompt] * cfg.train_batch_size
         + ([cfg.class_prompt] * cfg.train_batch_size if class_paths else [])
     )
-    scheduler = models.noise_scheduler
-    bar = tqdm(total=cfg.max_train_steps, initial=start, desc="train", disable=not cfg.progress)
-    log = open(out / LOG_FILE, "a")
     step, t0 = start, time.time()
-
-    # 6. the loop: one DataLoader item per micro-step
-    for micro_step, batch in enumerate(loader, start=start * micro):
-        g = step_generator(cfg.seed, micro_step, stream=3)
-        with accelerator.accumulate(unet):
-            pixels = batch["pixel_values"]
-            latents = models.encode_images(pixels, generator=g)  # (B', 4, h, w), B' = 2B with prior
-            noise = torch.randn(latents.shape, generator=g).to(latents)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(
-                latents.device
-            )
-            noisy = scheduler.add_noise(latents, noise, t)
-            pred = unet(noisy, t, encoder_hidden_states=context).sample
-            if class_paths:  # instance half first, class half second
-                pred, pred_prior = pred.float().chunk(2)
-                noise, noise_prior = noise.float().chunk(2)
-                prior_loss = F.mse_loss(pred_prior, noise_prior)
-                loss = F.mse_loss(pred, noise) + cfg.prior_loss_weight * prior_loss
-            else:
-                loss = F.mse_loss(pred.float(), noise.float())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(
-            json.dumps(
-                {
-                    "step": step,
-                    "loss": loss.item(),
-                    "lr": lr_scheduler.get_last_lr()[0],
-                    "time": round(time.time() - t0, 3),
-                }
-            )
-            + "\n"
-        )
-        log.flush()
-        if step % validate_every == 0 or step == cfg.max_train_steps:
-            with merged_for_inference(unet):
-                validation_images(models, cfg, out / VALIDATION_DIR / f"step-{step:06d}")
-        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-            save_checkpoint(out, step, unet, optimizer, lr_scheduler, meta, cfg.checkpoints_total_limit)
-    bar.close()
-    log.close()
+    bar = tqdm(total=cfg.max_train_steps, initial=start, desc="train", disable=not cfg.progress)
+    with bar, open(out / LOG_FILE, "a") as log:
+        # 6. the loop: one DataLoader item per micro-step
+        for micro_step, batch in enumerate(loader, start=start * micro):
+            g = step_generator(cfg.seed, micro_step, stream=3)
+            with accelerator.accumulate(unet):
+                loss = dreambooth_loss(
+                    models,
+                    unet,
+                    batch["pixel_values"],
+                    context,
+                    g,
+                    cfg.prior_loss_weight if class_paths else None,
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            record = {
+                "step": step,
+                "loss": loss.item(),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "time": time.time() - t0,
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if step % validate_every == 0 or step == cfg.max_train_steps:
+                with merged_for_inference(unet):
+                    validation_images(models, cfg, out / VALIDATION_DIR / f"step-{step:06d}")
+            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                save_checkpoint(out, step, unet, optimizer, lr_scheduler, meta, cfg.checkpoints_total_limit)
 
     # 7. the result: a small adapter file; then reload it into the plain base model and sample with it
     unet = accelerator.unwrap_model(unet)
@@ -409,5 +429,8 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
     oft_layers.load_adapter(unet, adapter)
     oft_layers.merge(unet)
     validation_images(models, cfg, out / VALIDATION_DIR / "final")
+    if not cfg.keep_checkpoints:  # SD1.5: ~0.4 GB each with the optimizer state, x 750 runs
+        for old in list_checkpoints(out):
+            shutil.rmtree(old)
     logger.info("saved %s (%d steps)", adapter, step)
     return adapter
