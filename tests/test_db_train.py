@@ -4,7 +4,6 @@ merged exports, evaluation. Outputs are checked against an uninterrupted run and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,23 +19,15 @@ from oft.db.export import load_with_adapter
 from oft.db.train import TrainConfig
 from oft.sd import build_sd, load_sd
 from oft.sd.convert import save_single_file
-from tests.test_db_benchmark import BUILTIN, write_prompts_file
+from tests.test_db_benchmark import BUILTIN, load_script, write_prompts_file
 from tests.test_metrics_subject import tiny_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN = 160  # subject 6 (cat, live prompts), prompt 10: "a qwe cat wearing a red hat"
 TINY = [
     "--resolution", "64", "--num_class_images", "3", "--class_inference_steps", "3", "--sample_batch_size", "3",
     "--num_validation_images", "2", "--validation_inference_steps", "3", "--validation_steps", "4",
     "--checkpointing_steps", "2", "--learning_rate", "2e-3", "--no-progress",
 ]  # fmt: skip
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "oft-db" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_R(path: Path) -> dict[str, torch.Tensor]:
@@ -307,6 +298,7 @@ def test_bad_input_messages(setup, tmp_path):
                 instance_prompt="a",
                 class_prompt="b",
                 class_data_dir=str(tmp_path / "c"),
+                validation_prompt="v",
                 output_dir=str(tmp_path / "o"),
             )
         )
@@ -320,11 +312,16 @@ def test_bad_input_messages(setup, tmp_path):
                 instance_prompt="a",
                 class_prompt="b",
                 class_data_dir=str(tmp_path / "c"),
+                validation_prompt="v",
                 output_dir=str(tmp_path / "o"),
             )
         )
     with pytest.raises(ValueError, match="--class_prompt"):
         TrainConfig(instance_data_dir="x", instance_prompt="a", output_dir="o").validate()
+    with pytest.raises(ValueError, match="--validation_prompt"):
+        TrainConfig(
+            instance_data_dir="x", instance_prompt="a", output_dir="o", class_prompt="b", class_data_dir="c"
+        ).validate()
 
 
 def test_data_order_is_a_function_of_the_step(tmp_path):

@@ -107,6 +107,10 @@ class TrainConfig:
             raise ValueError(
                 "prior preservation needs --class_prompt and --class_data_dir (or --no-with_prior_preservation)"
             )
+        if self.num_validation_images > 0 and not self.validation_prompt:
+            raise ValueError(
+                "--validation_prompt is required (or --num_validation_images 0 to skip validation)"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.resolution % 8:
@@ -415,7 +419,7 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
             }
             log.write(json.dumps(record) + "\n")
             log.flush()
-            if step % validate_every == 0 or step == cfg.max_train_steps:
+            if cfg.num_validation_images and (step % validate_every == 0 or step == cfg.max_train_steps):
                 with merged_for_inference(unet):
                     validation_images(models, cfg, out / VALIDATION_DIR / f"step-{step:06d}")
             if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
@@ -428,7 +432,8 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
     oft_layers.strip(unet)  # back to the exact base weights
     oft_layers.load_adapter(unet, adapter)
     oft_layers.merge(unet)
-    validation_images(models, cfg, out / VALIDATION_DIR / "final")
+    if cfg.num_validation_images:
+        validation_images(models, cfg, out / VALIDATION_DIR / "final")
     if not cfg.keep_checkpoints:  # SD1.5: ~0.4 GB each with the optimizer state, x 750 runs
         for old in list_checkpoints(out):
             shutil.rmtree(old)
