@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--num_images", type=int, default=4, help="generated images per run (first N sorted names)"
     )
+    p.add_argument(
+        "--clip_t_prompt",
+        choices=("plain", "validation"),
+        default="plain",
+        help="CLIP-T text: the prompt without the unique token (plain, default) or with it (validation)",
+    )
     p.add_argument("--results_dir", default=None, help="where results.json/.md go (default: OUTPUT_ROOT)")
     p.add_argument("--dino", default=DINO_MODEL, help="DINO ViT-S/16: hub name (cached) or local folder")
     p.add_argument("--clip", default=CLIP_MODEL, help="CLIP ViT-L/14: hub name (cached) or local folder")
@@ -70,7 +76,14 @@ def main(args: argparse.Namespace, metrics=None) -> dict:
     if metrics is None:
         metrics = load_subject_metrics(args.dino, args.clip, args.lpips_net, args.device, args.lpips_size)
     results = evaluate_runs(
-        metrics, indices, args.output_root, dataset, step=args.step, num_images=args.num_images, table=table
+        metrics,
+        indices,
+        args.output_root,
+        dataset,
+        step=args.step,
+        num_images=args.num_images,
+        clip_t_prompt=args.clip_t_prompt,
+        table=table,
     )
     if not results["runs"]:
         raise FileNotFoundError(
@@ -80,7 +93,8 @@ def main(args: argparse.Namespace, metrics=None) -> dict:
     json_path, md_path = write_results(
         results,
         args.results_dir or args.output_root,
-        f"results-step{args.step}-prompts{args.prompts.replace(',', '_')}",
+        f"results-step{args.step}-prompts{args.prompts.replace(',', '_')}"
+        + ("" if args.clip_t_prompt == "plain" else f"-clipt_{args.clip_t_prompt}"),
     )
     print(to_markdown(results))
     print(f"wrote {json_path} and {md_path}")

@@ -243,24 +243,9 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
 def test_evaluation_of_the_trained_run(setup, full_run):
     root, _, _ = setup
     evaluate = load_script("eval_ablation")
-    args = evaluate.parse_args(
-        [
-            "--output_root",
-            str(root / "full"),
-            "--data_root",
-            str(root / "data"),
-            "--prompts",
-            "10,11",
-            "--subjects",
-            "cat",
-            "--step",
-            "4",
-            "--num_images",
-            "2",
-            "--lpips_size",
-            "64",
-        ]
-    )
+    argv = ["--output_root", str(root / "full"), "--data_root", str(root / "data"), "--prompts", "10,11"]
+    argv += ["--subjects", "cat", "--step", "4", "--num_images", "2", "--lpips_size", "64"]
+    args = evaluate.parse_args(argv)
     metrics = tiny_metrics()
     results = evaluate.main(args, metrics=metrics)
     assert list(results["runs"]) == ["cat-10"] and results["missing"] == ["cat-11"]
@@ -286,6 +271,12 @@ def test_evaluation_of_the_trained_run(setup, full_run):
             raise AssertionError("recomputed a cached run")
 
     assert evaluate.main(args, metrics=NoNetworks())["runs"] == results["runs"]
+    with_token = evaluate.main(evaluate.parse_args([*argv, "--clip_t_prompt", "validation"]), metrics=metrics)
+    row_v = with_token["runs"]["cat-10"]
+    assert row_v["prompt"] == "a qwe cat wearing a red hat" and row_v["dino"] == pytest.approx(row["dino"])
+    assert row_v["clip_t"] == pytest.approx(
+        metrics.evaluate(real, gen, "a qwe cat wearing a red hat")["clip_t"]
+    )
 
 
 def test_bad_input_messages(setup, tmp_path):

@@ -4,7 +4,8 @@ Image choice (documented, sorted; the reference took "the first 4" in directory-
 arbitrary): for run ``{subject}-{p}`` the generated images are the first ``n`` file names, sorted, of
 ``validation/step-{step:06d}/`` (seeds 0..n-1 of that validation); the real images are all of
 ``dreambooth/{subject}/``, sorted. CLIP-T compares with the prompt without the unique token (``Run.eval_prompt``,
-the reference's ``prompt_test_list``). Per-run results are cached in the run folder, so an interrupted evaluation
+the reference's ``prompt_test_list``; CLIP has never seen "qwe"), or with the validation prompt itself
+(``clip_t_prompt="validation"``). Per-run results are cached in the run folder, so an interrupted evaluation
 resumes. Subject and overall values are means over runs (equal to the mean over all pairs, as every run
 contributes the same number of images).
 """
@@ -57,6 +58,7 @@ def evaluate_runs(
     *,
     step: int = 1000,
     num_images: int = 4,
+    clip_t_prompt: str = "plain",
     table: PromptTable = BUILTIN,
     progress: bool = True,
 ) -> dict:
@@ -73,7 +75,8 @@ def evaluate_runs(
         if len(gen) < num_images:
             missing.append(run.name)
             continue
-        cache = folder / f"metrics-step-{step:06d}-n{num_images}.json"
+        prompt = {"plain": run.eval_prompt, "validation": run.validation_prompt}[clip_t_prompt]
+        cache = folder / f"metrics-step-{step:06d}-n{num_images}-{clip_t_prompt}.json"
         stamp = [p.name for p in gen] + [p.stat().st_mtime_ns for p in gen]
         if cache.is_file() and (cached := json.loads(cache.read_text())).get("stamp") == stamp:
             runs[run.name] = cached["result"]
@@ -81,11 +84,11 @@ def evaluate_runs(
         real = list_images(dataset_dir / run.subject)
         if not real:
             raise FileNotFoundError(f"no real images of {run.subject} in {dataset_dir}: {SETUP_HINT}")
-        result = {"subject": run.subject, "prompt_index": run.prompt_index, "prompt": run.eval_prompt}
-        result.update(metrics.evaluate(_open(real), _open(gen), run.eval_prompt))
+        result = {"subject": run.subject, "prompt_index": run.prompt_index, "prompt": prompt}
+        result.update(metrics.evaluate(_open(real), _open(gen), prompt))
         atomic_write_bytes(cache, json.dumps({"stamp": stamp, "result": result}, indent=1).encode())
         runs[run.name] = result
-    return summarise(runs, missing, step=step, num_images=num_images)
+    return summarise(runs, missing, step=step, num_images=num_images, clip_t_prompt=clip_t_prompt)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -114,7 +117,8 @@ def to_markdown(results: dict) -> str:
         return f"| {name} | {r.get('runs', '')} | " + " | ".join(cells) + " |"
 
     lines = [
-        f"Step {results['step']}, {results['num_images']} generated images per run (sorted names), all real images per subject.",
+        f"Step {results['step']}, {results['num_images']} generated images per run (sorted names), all real images"
+        f" per subject; CLIP-T text: {results['clip_t_prompt']} prompt.",
         "",
         head,
         *(row(s, r) for s, r in sorted(results["subjects"].items())),
