@@ -1,7 +1,7 @@
 """The SD1.5 backbone as one object: UNet, VAE, CLIP text encoder, tokenizer and training noise schedule.
 
 ``build_sd`` makes it with random weights from the in-code configs (``"tiny"`` for tests, ``"sd15"`` for the real
-architecture, weight-free with ``device="meta"``); ``load_sd`` (in ``oft.sd.loading``) fills it from a checkpoint.
+architecture, weight-free with ``device="meta"``); ``load_sd`` fills it from a checkpoint, offline.
 """
 
 from __future__ import annotations
