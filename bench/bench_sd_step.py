@@ -48,11 +48,13 @@ def _inject_peft(unet: nn.Module, config) -> None:
 
 
 def _strip_peft(unet: nn.Module) -> None:
-    """Put every PEFT-wrapped layer's ``base_layer`` back in place."""
+    """Put every PEFT-wrapped layer's ``base_layer`` back in place and forget PEFT's config."""
     for name, module in list(unet.named_modules()):
         if hasattr(module, "base_layer") and name:
             parent, _, child = name.rpartition(".")
             setattr(unet.get_submodule(parent) if parent else unet, child, module.base_layer)
+    if hasattr(unet, "peft_config"):
+        del unet.peft_config
 
 
 def _inject_oft(unet: nn.Module, path: str) -> None:
@@ -167,15 +169,15 @@ def bench_training(unet, inputs, warmup: int, repeats: int) -> dict[str, dict]:
 
 
 def bench_sampling(unet, context, noise, steps: int, repeats: int) -> dict[str, dict]:
-    """20-step DDIM (no CFG: batch 1) of the plain UNet and of the OFT UNet after merge, alternating."""
+    """``steps``-step DDIM (no CFG: batch 1) of the plain UNet and of the OFT UNet after merge, alternating."""
     scheduler = make_scheduler("ddim", SCHEDULER)
     times: dict[str, list[float]] = {"plain UNet": [], "OFT r=4 merged": []}
-    for round_ in range(repeats + 1):  # round 0 warms up
+    for round_ in range(repeats + 1):  # round 0 warms up with a single step
         for name in times:
             if name != "plain UNet":
                 _inject_oft(unet, "auto")
                 merge(unet)
-            scheduler.set_timesteps(steps)
+            scheduler.set_timesteps(steps if round_ else 1)
             start = time.perf_counter()
             denoise(unet, scheduler, noise, context, guidance=1.0)
             seconds = time.perf_counter() - start
@@ -188,28 +190,37 @@ def bench_sampling(unet, context, noise, steps: int, repeats: int) -> dict[str, 
 
 def format_results(results: dict) -> str:
     """Markdown tables of medians and ratios (training to the LoRA step; sampling to the plain UNet)."""
-    train = results["training"]
-    lora = next(v["median_s"] for k, v in train.items() if k.startswith("LoRA"))
-    oft = train["OFT r=4 (ours, auto path)"]["median_s"]
     lines = [
         f"Machine: {results['machine']}; torch {results['torch']}, {results['threads']} threads; {results['date']}.",
-        f"Preset {results['preset']}, batch 1, {results['latent']}x{results['latent']} latents, "
-        f"{results['repeats']} timed rounds after {results['warmup']} warm-up rounds (median).",
-        "",
-        "| training step (fwd+bwd) | median s | vs LoRA | vs OFT (ours) | peak RSS above base, MiB | trainable numel |",
-        "|---|---|---|---|---|---|",
+        f"Preset {results['preset']}, batch 1, {results['latent']}x{results['latent']} latents.",
     ]
-    for name, v in train.items():
-        lines.append(
-            f"| {name} | {v['median_s']:.2f} | {v['median_s'] / lora:.2f}x | {v['median_s'] / oft:.2f}x | "
-            f"{v['peak_mib']:.0f} | {v['trainable']:,} |"
-        )
-    sample = results["sampling"]
-    plain = sample["plain UNet"]["median_s"]
-    lines += ["", f"| {results['sample_steps']}-step DDIM sampling | median s | vs plain |", "|---|---|---|"]
-    lines += [
-        f"| {name} | {v['median_s']:.2f} | {v['median_s'] / plain:.3f}x |" for name, v in sample.items()
-    ]
+    if "training" in results:
+        train = results["training"]
+        lora = next(v["median_s"] for k, v in train.items() if k.startswith("LoRA"))
+        oft = train["OFT r=4 (ours, auto path)"]["median_s"]
+        lines += [
+            "",
+            f"{results['repeats']} timed rounds after {results['warmup']} warm-up round(s), round-robin (median).",
+            "",
+            "| training step (fwd+bwd) | median s | vs LoRA | vs OFT (ours) | peak RSS above base, MiB | trainable numel |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, v in train.items():
+            lines.append(
+                f"| {name} | {v['median_s']:.2f} | {v['median_s'] / lora:.2f}x | {v['median_s'] / oft:.2f}x | "
+                f"{v['peak_mib']:.0f} | {v['trainable']:,} |"
+            )
+    if "sampling" in results:
+        sample = results["sampling"]
+        plain = sample["plain UNet"]["median_s"]
+        lines += [
+            "",
+            f"| {results['sample_steps']}-step DDIM sampling | median s | vs plain |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {v['median_s']:.2f} | {v['median_s'] / plain:.3f}x |" for name, v in sample.items()
+        ]
     return "\n".join(lines)
 
 
@@ -223,6 +234,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds of training steps")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per sampling run")
     p.add_argument("--sample-repeats", type=int, default=3, help="timed sampling runs per variant")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["training", "sampling"],
+        default=["training", "sampling"],
+        help="what to time (both by default)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/sd_step.json", help="where the JSON results go")
     return p.parse_args(argv)
@@ -249,11 +267,13 @@ def main(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         "sample_steps": args.sample_steps,
     }
-    print("training steps:", flush=True)
-    results["training"] = bench_training(unet, inputs, args.warmup, args.repeats)
-    unet.eval()
-    print("sampling:", flush=True)
-    results["sampling"] = bench_sampling(unet, context, inputs[0], args.sample_steps, args.sample_repeats)
+    if "training" in args.parts:
+        print("training steps:", flush=True)
+        results["training"] = bench_training(unet, inputs, args.warmup, args.repeats)
+    if "sampling" in args.parts:
+        unet.eval()
+        print("sampling:", flush=True)
+        results["sampling"] = bench_sampling(unet, context, inputs[0], args.sample_steps, args.sample_repeats)
     table = format_results(results)
     results["table"] = table
     out = Path(args.out)
