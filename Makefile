@@ -18,6 +18,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_layers.py
+	$(PY) bench/bench_sd_step.py
 
 style: $(STAMP)
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .

@@ -13,9 +13,11 @@ import argparse
 import os
 import sys
 
-from oft.data.download import DOWNLOADS, MANIFEST, SetupError, setup
+from oft.data.download import DOWNLOADS, MANIFEST, run_job, setup
 from oft.data.sources import SOURCES
 from oft.paths import DATA_ROOT_ENV, MODELS_ROOT_ENV, data_root, models_root
+
+HF_HOSTS = ("huggingface.co", "hf.co")  # where $HF_TOKEN may be sent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,30 +27,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = SOURCES.get(first)
     listing = "\n".join(f"  {s.name:17s} {s.description} ({s.size})" for s in SOURCES.values())
     if source:
-        where = f"$OFT_MODELS_ROOT or ./models" if source.models else "$OFT_DATA_ROOT or ./data"
-        description = (f"Set up {source.name}: {source.description}.\nDownloads {source.filename} "
-                       f"({source.size}) from {source.urls[0]} and places {source.target} under the "
-                       f"{'models' if source.models else 'data'} root ({where}).")
+        where = "$OFT_MODELS_ROOT or ./models" if source.models else "$OFT_DATA_ROOT or ./data"
+        description = (
+            f"Set up {source.name}: {source.description}.\nDownloads {source.filename} "
+            f"({source.size}) from {source.urls[0]} and places {source.target} under the "
+            f"{'models' if source.models else 'data'} root ({where})."
+        )
     else:
         description = "Set up a dataset or checkpoint. Sources:\n" + listing
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Downloads resume from <root>/{DOWNLOADS}/<file>.part; checksums are recorded in <root>/{MANIFEST}. "
         "A file saved by hand as <root>/.downloads/<file> is verified and unpacked instead of downloaded.",
     )
     parser.add_argument("source", choices=sorted(SOURCES), help="what to set up")
     parser.add_argument("--data-root", help=f"datasets folder (default ${DATA_ROOT_ENV} or ./data)")
     parser.add_argument("--models-root", help=f"checkpoints folder (default ${MODELS_ROOT_ENV} or ./models)")
-    parser.add_argument("--url", action="append", help="download from this URL instead (a mirror); repeat to try several")
-    parser.add_argument("--token", default=os.environ.get("HF_TOKEN"),
-                        help="bearer token sent to the download host (default $HF_TOKEN), e.g. for gated Hugging Face files")
-    parser.add_argument("--method", choices=("auto", "git", "zip"), default="auto",
-                        help="sources with a git repository (dreambooth): clone it, or download the archive "
-                        "(auto: clone if git is installed, else the archive)")
-    parser.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
-    parser.add_argument("--retries", type=int, default=5, help="retries per URL on network failures (each resumes)")
-    parser.add_argument("--retry-wait", type=float, default=2.0, help="seconds before the first retry (doubles each time)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a connection is retried")
+    parser.add_argument(
+        "--url", action="append", help="download from this URL instead (a mirror); repeat to try several"
+    )
+    parser.add_argument(
+        "--token",
+        help="bearer token sent to the download URLs, e.g. for gated files (default: $HF_TOKEN, sent to "
+        "huggingface.co only)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("auto", "git", "zip"),
+        default="auto",
+        help="sources with a git repository (dreambooth): clone it, or download the archive "
+        "(auto: clone if git is installed, else the archive)",
+    )
+    parser.add_argument(
+        "--keep-archive", action="store_true", help="keep the downloaded archive after unpacking"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=5, help="retries per URL on network failures (each resumes)"
+    )
+    parser.add_argument(
+        "--retry-wait", type=float, default=2.0, help="seconds before the first retry (doubles each time)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds without data before a connection is retried"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, batch jobs)")
     args = parser.parse_args(argv)
     if args.retries < 0 or args.timeout <= 0:
@@ -60,21 +82,22 @@ def main(args: argparse.Namespace) -> int:
     """Run the setup; print one summary line, or one error line, and return the exit status."""
     source = SOURCES[args.source]
     root = models_root(args.models_root) if source.models else data_root(args.data_root)
-    try:
-        summary = setup(
-            source, root, urls=tuple(args.url) if args.url else None,
-            headers={"Authorization": f"Bearer {args.token}"} if args.token else None,
-            method=args.method, keep_archive=args.keep_archive, retries=args.retries,
-            retry_wait=args.retry_wait, timeout=args.timeout, progress=not args.no_progress,
+    return run_job(
+        lambda: setup(
+            source,
+            root,
+            urls=tuple(args.url) if args.url else None,
+            # An explicit --token goes to any URL; $HF_TOKEN only to Hugging Face hosts.
+            token=args.token or os.environ.get("HF_TOKEN"),
+            token_hosts=None if args.token else HF_HOSTS,
+            method=args.method,
+            keep_archive=args.keep_archive,
+            retries=args.retries,
+            retry_wait=args.retry_wait,
+            timeout=args.timeout,
+            progress=not args.no_progress,
         )
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to resume ({source.name})", file=sys.stderr)
-        return 130
-    print(summary)
-    return 0
+    )
 
 
 if __name__ == "__main__":

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 import zipfile
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,111 +23,10 @@ from oft.control.tasks import TASKS, get_task
 from oft.data import download
 from oft.data.layout import LayoutError, check_control_dataset
 from oft.db.subjects import PROMPTS_FILE, SUBJECTS
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """Import a script of scripts/ as a module (scripts/ is not a package), to call parse_args/main in-process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.setup_helpers import REPO, Route, closed_port_url, error_line, load_script, server, zip_bytes
 
 setup_data = load_script("setup_data")
-
-
-# ------------------------------------------------------------------------------------------ local server
-
-
-@dataclass
-class Route:
-    body: bytes = b""
-    truncate: int = 0  # how many of the next full-body responses stop after `cut` bytes
-    cut: int = 0
-    redirect: str | None = None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        srv.log.append((self.path, dict(self.headers)))
-        route = srv.routes.get(self.path)
-        if route is None:
-            self.send_error(404)
-            return
-        if route.redirect:
-            self.send_response(302)
-            self.send_header("Location", route.redirect)
-            self.end_headers()
-            return
-        body, start = route.body, 0
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(rng.removeprefix("bytes=").rstrip("-"))
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
-        self.end_headers()
-        payload = body[start:]
-        if route.truncate:  # announce the full length, send part of it, drop the connection
-            route.truncate -= 1
-            payload = payload[: route.cut]
-        self.wfile.write(payload)
-
-
-@pytest.fixture
-def server():
-    """An HTTP server on 127.0.0.1 whose request loop stops by itself (request count and deadline)."""
-    srv = HTTPServer(("127.0.0.1", 0), _Handler)
-    srv.timeout = 0.05
-    srv.routes, srv.log = {}, []
-    srv.url = lambda path: f"http://127.0.0.1:{srv.server_port}{path}"
-    stop = threading.Event()
-
-    def loop():
-        deadline = time.monotonic() + 60
-        for _ in range(2000):
-            if stop.is_set() or time.monotonic() > deadline:
-                break
-            srv.handle_request()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.server_close()
-
-
-def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (connection refused: the 'no network' case)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/ade20k.zip"
-
-
-# ------------------------------------------------------------------------------------------ archives
-
-
-def zip_bytes(files: dict[str, bytes], compress: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compress) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+__all__ = ["server"]  # the fixture, imported for pytest
 
 
 def control_files(dataset_dir: str, prefix: str = "", n: int = 3, skip: str = "") -> dict[str, bytes]:
@@ -175,12 +68,6 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
     )
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def leftovers(root: Path) -> list[str]:
@@ -260,6 +147,12 @@ def test_retries_resume_within_one_run(server, tmp_path):
     assert [h.get("Range") for _, h in server.log] == [None, "bytes=10000-", "bytes=20000-"]
 
 
+def test_server_errors_are_retried(server, tmp_path):
+    server.routes["/f.bin"] = Route(b"y" * 3000, errors=[503, 502])
+    download.fetch(server.url("/f.bin"), tmp_path / "f.bin", retries=2, retry_wait=0, progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == b"y" * 3000 and len(server.log) == 3
+
+
 def test_complete_part_file_is_accepted_on_416(server, tmp_path):
     body = b"x" * 5000
     server.routes["/f.bin"] = Route(body)
@@ -280,6 +173,7 @@ def _corrupt_crc() -> bytes:
     "case, body, expected",
     [
         ("404", None, ["404", "--url", "by hand"]),
+        ("login", Route(errors=[401]), ["401", "--token", "HF_TOKEN"]),
         ("no network", None, ["cannot download from 127.0.0.1", "network", "rerun"]),
         ("not a zip", b"<html>Service unavailable</html>" * 20, ["not a valid zip archive", "rerun"]),
         ("bad crc", _corrupt_crc(), ["corrupt archive", "rerun"]),
@@ -295,7 +189,7 @@ def test_each_failure_is_one_clear_line_and_leaves_nothing_half_done(
     server, tmp_path, capsys, case, body, expected
 ):
     if body is not None:
-        server.routes["/ade.zip"] = Route(body)
+        server.routes["/ade.zip"] = body if isinstance(body, Route) else Route(body)
     url = closed_port_url() if case == "no network" else server.url("/ade.zip")
     rc, out, err = run(["ade20k", "--data-root", str(tmp_path), "--url", url, "--retries", "1"], capsys)
     assert rc == 1 and out == ""
@@ -334,6 +228,13 @@ def test_disk_full_while_writing_is_reported(server, tmp_path, capsys, monkeypat
     monkeypatch.setattr(download, "open", lambda path, mode: FullDisk(), raising=False)
     rc, _, err = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
     assert rc == 1 and "disk full" in error_line(err)
+
+
+def test_an_empty_existing_folder_is_filled(server, tmp_path, capsys):
+    server.routes["/ade.zip"] = Route(ade20k_zip())
+    (tmp_path / "ADE20K").mkdir()
+    rc, _, _ = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
+    assert rc == 0 and check_control_dataset(tmp_path / "ADE20K", "ADE20K")
 
 
 def test_incomplete_existing_folder_is_left_untouched(server, tmp_path, capsys):
@@ -444,6 +345,27 @@ def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys
     assert rc == 1 and "not a PyTorch checkpoint" in line
     assert f"save it as {tmp_path / 'v1-5-pruned.ckpt'}" in line
     assert not (tmp_path / "v1-5-pruned.ckpt").exists()
+
+
+def test_hf_token_from_the_environment_only_goes_to_hugging_face(server, tmp_path, capsys, monkeypatch):
+    ckpt = zip_bytes({"archive/data.pkl": b"weights"})
+    server.routes["/v1-5-pruned.ckpt"] = Route(ckpt)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    rc, _, _ = run(["sd15", "--models-root", str(tmp_path), "--url", server.url("/v1-5-pruned.ckpt")], capsys)
+    assert rc == 0 and "Authorization" not in server.log[0][1]  # 127.0.0.1 is not huggingface.co
+    assert download._host_matches("https://huggingface.co/x", setup_data.HF_HOSTS)
+    assert download._host_matches("https://cdn-lfs.hf.co/x", setup_data.HF_HOSTS)
+    assert not download._host_matches("https://huggingface.co.evil.org/x", setup_data.HF_HOSTS)
+
+
+def test_a_second_concurrent_setup_is_refused(server, tmp_path, capsys):
+    import fcntl
+
+    (tmp_path / ".downloads").mkdir()
+    with open(tmp_path / ".downloads/ade20k.zip.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        rc, _, err = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
+    assert rc == 1 and "another setup of ade20k is running" in error_line(err) and server.log == []
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.sh")))

@@ -17,7 +17,9 @@ wrong and what to do next.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import http.client
 import json
 import os
@@ -30,10 +32,10 @@ import time
 import urllib.parse
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
-from urllib.error import HTTPError, URLError
+from urllib.error import HTTPError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
@@ -45,8 +47,10 @@ USER_AGENT = "oft-diffusion-setup/0.1 (+https://github.com/Zeju1997/oft)"
 CHUNK = 1 << 20
 MANIFEST = ".oft-manifest.json"
 DOWNLOADS = ".downloads"
-# Network failures worth retrying (the server or the path to it may recover); URLError covers DNS and refusals.
-_TRANSIENT = (URLError, ConnectionError, TimeoutError, http.client.HTTPException)
+# Network failures worth retrying (the server or the path to it may recover). Every OSError counts: file
+# errors never get here (``_receive`` turns them into SetupError), so what remains is DNS, refused or reset
+# connections, time-outs and TLS errors (URLError, ConnectionError, TimeoutError, ssl.SSLError).
+_TRANSIENT = (OSError, http.client.HTTPException)
 
 
 class SetupError(RuntimeError):
@@ -79,6 +83,20 @@ class Source:
 def say(message: str) -> None:
     """Print a status line to stderr without breaking progress bars."""
     tqdm.write(message, file=sys.stderr)
+
+
+def run_job(job: Callable[[], str]) -> int:
+    """Run a setup job for a command line: print its summary line, or one error line; return the exit status."""
+    try:
+        summary = job()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    print(summary)
+    return 0
 
 
 def _mb(n: int) -> str:
@@ -124,7 +142,9 @@ def _write_error(exc: OSError, path: Path) -> SetupError:
             f"disk full while writing {path}: free some space or pass --data-root/--models-root on a larger "
             "disk, then rerun (the download resumes)"
         )
-    return SetupError(f"cannot write {path} ({exc.strerror or exc}): check the folder's permissions, then rerun")
+    return SetupError(
+        f"cannot write {path} ({exc.strerror or exc}): check the folder's permissions, then rerun"
+    )
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -151,8 +171,15 @@ def _receive(resp, part: Path, progress: bool) -> int | None:
         total = int(length) if length is not None else None
     if total is not None:
         ensure_space(part.parent, total - have, part.name[: -len(".part")])
-    with tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-              desc=part.name[: -len(".part")], disable=not progress) as bar:
+    with tqdm(
+        total=total,
+        initial=have,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=part.name[: -len(".part")],
+        disable=not progress,
+    ) as bar:
         try:
             fh = open(part, mode)
         except OSError as exc:
@@ -168,8 +195,16 @@ def _receive(resp, part: Path, progress: bool) -> int | None:
     return total
 
 
-def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retries: int = 5,
-          retry_wait: float = 2.0, timeout: float = 60.0, progress: bool = True) -> None:
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    headers: dict[str, str] | None = None,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming whatever an earlier attempt left.
 
     ``headers`` (e.g. ``Authorization``) are sent to ``url`` only, not to the hosts it redirects to (signed
@@ -195,7 +230,9 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retrie
                 break
             if got > total:
                 part.unlink()
-                raise SetupError(f"{url} sent {got} bytes, more than the {total} it announced: rerun to start over")
+                raise SetupError(
+                    f"{url} sent {got} bytes, more than the {total} it announced: rerun to start over"
+                )
             last = f"connection closed at {_mb(got)} of {_mb(total)}"
         except HTTPError as exc:
             if exc.code == 416:  # nothing left to send: complete if the sizes agree, else start over
@@ -211,12 +248,14 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retrie
             elif exc.code in (401, 403):
                 raise SetupError(
                     f"{url} answered {exc.code} {exc.reason}: this file needs a login or accepted licence; "
-                    "set HF_TOKEN=<token> (or pass --token) and rerun"
+                    "pass --token <token> (Hugging Face: set HF_TOKEN) and rerun"
                 ) from None
             elif exc.code == 429 or exc.code >= 500:
                 last = f"server error {exc.code} {exc.reason}"
             else:
-                raise SetupError(f"{url} answered {exc.code} {exc.reason}: pass --url with a working mirror") from None
+                raise SetupError(
+                    f"{url} answered {exc.code} {exc.reason}: pass --url with a working mirror"
+                ) from None
         except _TRANSIENT as exc:
             last = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
         attempt += 1
@@ -237,12 +276,29 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str] | None = None, retrie
     part.replace(dest)
 
 
-def fetch_any(urls: tuple[str, ...], dest: Path, **kwargs) -> str:
-    """``fetch`` from the first of ``urls`` that has the file (404 moves on); return the URL used."""
+def _host_matches(url: str, hosts: tuple[str, ...]) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return any(host == h or host.endswith("." + h) for h in hosts)
+
+
+def fetch_any(
+    urls: tuple[str, ...],
+    dest: Path,
+    *,
+    token: str | None = None,
+    token_hosts: tuple[str, ...] | None = None,
+    **kwargs,
+) -> str:
+    """``fetch`` from the first of ``urls`` that has the file (404 moves on); return the URL used.
+
+    ``token`` goes out as ``Authorization: Bearer`` to URLs on ``token_hosts`` (every URL when None), so
+    that e.g. a Hugging Face token from the environment never reaches another host.
+    """
     for i, url in enumerate(urls):
+        send = token and (token_hosts is None or _host_matches(url, token_hosts))
         try:
             say(f"downloading {dest.name} from {url}")
-            fetch(url, dest, **kwargs)
+            fetch(url, dest, headers={"Authorization": f"Bearer {token}"} if send else None, **kwargs)
             return url
         except NotFoundError as exc:
             if i == len(urls) - 1:
@@ -306,7 +362,9 @@ def unpack(source: Source, archive: Path, root: Path, progress: bool = True) -> 
             for info in tqdm(infos, desc=f"unpack {archive.name}", unit="file", disable=not progress):
                 member = PurePosixPath(info.filename)
                 if member.is_absolute() or ".." in member.parts:
-                    raise SetupError(f"{archive.name} holds an unsafe path {info.filename!r}: refusing to unpack it")
+                    raise SetupError(
+                        f"{archive.name} holds an unsafe path {info.filename!r}: refusing to unpack it"
+                    )
                 zf.extract(info, tmp)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -367,12 +425,17 @@ def place(source: Source, tmp: Path, root: Path, member: str | None) -> str:
 def clone(source: Source, root: Path) -> Path:
     """Shallow ``git clone`` of ``source.git_url`` into a scratch folder under ``root``; return the folder."""
     tmp = _scratch(root, source)
-    proc = subprocess.run(["git", "clone", "--depth", "1", "--quiet", source.git_url, str(tmp / "repo")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "clone", "--depth", "1", "--quiet", source.git_url, str(tmp / "repo")],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         detail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise SetupError(f"git clone {source.git_url} failed ({detail}): rerun with --method zip to use the archive")
+        raise SetupError(
+            f"git clone {source.git_url} failed ({detail}): rerun with --method zip to use the archive"
+        )
     return tmp
 
 
@@ -384,43 +447,108 @@ def _by_hand(source: Source, root: Path, urls: tuple[str, ...]) -> str:
     return f"; or download {source.filename} by hand from {urls[0]} and save it as {where}, then rerun"
 
 
-def setup(source: Source, root: str | os.PathLike, *, urls: tuple[str, ...] | None = None,
-          headers: dict[str, str] | None = None, method: str = "auto", keep_archive: bool = False,
-          retries: int = 5, retry_wait: float = 2.0, timeout: float = 60.0, progress: bool = True) -> str:
+@contextlib.contextmanager
+def _exclusive(path: Path, who: str):
+    """Hold an exclusive lock on ``path`` (created if needed), or fail at once if someone else holds it:
+    two jobs appending to the same ``.part`` file would corrupt it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SetupError(
+                f"{who} is running (it holds {path}): wait for it to finish, then rerun"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def setup(
+    source: Source,
+    root: str | os.PathLike,
+    *,
+    urls: tuple[str, ...] | None = None,
+    token: str | None = None,
+    token_hosts: tuple[str, ...] | None = None,
+    method: str = "auto",
+    keep_archive: bool = False,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> str:
     """Bring ``source`` into ``root`` (download, verify, unpack, check, place); return a one-line summary.
 
     ``method`` (sources with a git repository): ``"git"`` clones, ``"zip"`` downloads the archive,
-    ``"auto"`` clones when git is installed and falls back to the archive. Raises ``SetupError``.
+    ``"auto"`` clones when git is installed and falls back to the archive. ``token``/``token_hosts``: see
+    ``fetch_any``. One run at a time per source and root (a lock file). Raises ``SetupError``.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / source.target
-    if final.exists():
-        try:
-            return f"{source.name}: already in place at {final} ({source.check(final)}); nothing to do"
-        except LayoutError as exc:
-            raise SetupError(f"{final} exists but is incomplete ({exc}): move it away or delete it, then rerun") from None
     if method not in ("auto", "git", "zip"):
         raise ValueError(f"method must be auto, git or zip, not {method!r}")
+    root = Path(root)
+    try:
+        (root / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(exc, root / DOWNLOADS) from None
+    final = root / source.target
+    with _exclusive(root / DOWNLOADS / f"{source.filename}.lock", f"another setup of {source.name}"):
+        # An empty folder (made by hand, or by a .gitignore-only checkout) is replaced like a missing one.
+        if final.exists() and not (final.is_dir() and not any(final.iterdir())):
+            try:
+                return f"{source.name}: already in place at {final} ({source.check(final)}); nothing to do"
+            except LayoutError as exc:
+                raise SetupError(
+                    f"{final} exists but is incomplete ({exc}): move it away or delete it, then rerun"
+                ) from None
+        return _obtain(
+            source,
+            root,
+            final,
+            urls or source.urls,
+            method,
+            keep_archive,
+            dict(
+                token=token,
+                token_hosts=token_hosts,
+                retries=retries,
+                retry_wait=retry_wait,
+                timeout=timeout,
+                progress=progress,
+            ),
+        )
+
+
+def _obtain(
+    source: Source,
+    root: Path,
+    final: Path,
+    urls: tuple[str, ...],
+    method: str,
+    keep_archive: bool,
+    fetch_kwargs: dict,
+) -> str:
+    """The body of ``setup`` once the lock is held and nothing is in place yet."""
+    progress = fetch_kwargs["progress"]
 
     if source.git_url and (method == "git" or (method == "auto" and shutil.which("git"))):
         try:
             say(f"cloning {source.git_url}")
             tmp = clone(source, root)
-            return f"{source.name}: ready at {final} ({place(source, tmp, root, f'repo/{source.git_member}')})"
+            return (
+                f"{source.name}: ready at {final} ({place(source, tmp, root, f'repo/{source.git_member}')})"
+            )
         except SetupError as exc:
             if method == "git":
                 raise
             say(f"{exc}; falling back to the archive")
 
-    urls = urls or source.urls
     download = root / DOWNLOADS / source.filename
     # A complete download (from an earlier run, or saved by hand) is verified rather than fetched again.
     url = str(download)
     try:
         if not download.exists():
-            url = fetch_any(urls, download, headers=headers, retries=retries, retry_wait=retry_wait,
-                            timeout=timeout, progress=progress)
+            url = fetch_any(urls, download, **fetch_kwargs)
         digest = verify(source, download, root, progress)
         size = download.stat().st_size
         if source.kind == "file":

@@ -34,8 +34,15 @@ def sha256_file(path: str | os.PathLike, progress: bool = True) -> str:
     digest = hashlib.sha256()
     with (
         open(path, "rb") as fh,
-        tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-             desc=f"checksum {path.name}", disable=not progress, leave=False) as bar,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"checksum {path.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
     ):
         while chunk := fh.read(1 << 20):
             digest.update(chunk)

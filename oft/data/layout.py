@@ -35,7 +35,11 @@ def _check_caption_file(folder: Path, task: Task, split: str, full: bool) -> int
     try:
         entries = read_captions(folder / rel, task.caption_format)
     except FileNotFoundError:
-        raise LayoutError(f"missing {shown} (the {task.name} dataset reads it)") from None
+        # The reference kept some caption files in its git repository's data/ folder, not in the archives.
+        raise LayoutError(
+            f"missing {shown} (the {task.name} dataset reads it; the reference repository's data/ folder "
+            "has caption files)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LayoutError(f"{shown} is not a valid {task.caption_format} caption file ({exc})") from None
     if not entries:
@@ -96,7 +100,9 @@ def check_checkpoint(path: str | Path) -> str:
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as fh:
             head = fh.read(16)
-        raise LayoutError(f"{path.name} is not a PyTorch checkpoint (truncated, or an error page: starts {head!r})")
+        raise LayoutError(
+            f"{path.name} is not a PyTorch checkpoint (truncated, or an error page: starts {head!r})"
+        )
     return f"{path.name}: {path.stat().st_size / 1e9:.2f} GB"
 
 

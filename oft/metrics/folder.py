@@ -1,0 +1,180 @@
+"""Reading a sampling output folder and writing metric reports: the one place every evaluator shares.
+
+``oft-control/test_oft_parallel.py`` writes, for every validation item ``i`` (SPEC §3):
+
+- ``source/image_{i}.png``: the ground-truth target image,
+- ``hints/hint_{i}.png``: the control image,
+- ``results/result_{i}_{n}.png``: generated sample ``n`` (0..5 in the paper's setup).
+
+Evaluators pair items by ``i``. By default they score sample 0, as the paper did; a given sample index or
+every sample present can be chosen instead. A missing result is an error that says how many are missing,
+never a silently smaller average.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from oft.control.tasks import get_task
+
+_SOURCE = re.compile(r"image_(\d+)\.png")
+_RESULT = re.compile(r"result_(\d+)_(\d+)\.png")
+
+
+class MissingResultsError(FileNotFoundError):
+    """Some items of an output folder lack the generated sample an evaluator needs."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One scored image: item ``index``, generated ``sample``, its ground truth and generated file."""
+
+    index: int
+    sample: int
+    source: Path
+    result: Path
+
+
+@dataclass(frozen=True)
+class SampleFolder:
+    """An output folder of the sampler; ``indices`` are the items with a ground-truth image, sorted."""
+
+    root: Path
+    indices: tuple[int, ...]
+
+    def source(self, i: int) -> Path:
+        return self.root / "source" / f"image_{i}.png"
+
+    def result(self, i: int, n: int) -> Path:
+        return self.root / "results" / f"result_{i}_{n}.png"
+
+    def pairs(self, sample: int | None = 0) -> list[Pair]:
+        """(item, sample) pairs to score: sample ``sample`` of every item, or with None every sample index
+        found in ``results/`` for every item (all items must have the same ones).
+
+        Raises ``MissingResultsError`` saying how many items lack a requested result (and the first few).
+        """
+        if sample is not None:
+            samples = [sample]
+        else:
+            items, found = set(self.indices), self.root.joinpath("results").glob("result_*_*.png")
+            matches = [m for p in found if (m := _RESULT.fullmatch(p.name)) and int(m.group(1)) in items]
+            samples = sorted({int(m.group(2)) for m in matches})
+            if not samples:
+                raise MissingResultsError(f"{self.root / 'results'} holds no result_{{i}}_{{n}}.png files")
+        missing = [
+            self.result(i, n).name for i in self.indices for n in samples if not self.result(i, n).is_file()
+        ]
+        if missing:
+            items = len({int(_RESULT.fullmatch(name).group(1)) for name in missing})
+            what = f"sample {sample}" if sample is not None else f"some of samples {samples}"
+            raise MissingResultsError(
+                f"{items} of {len(self.indices)} items in {self.root} lack generated {what}: {len(missing)} "
+                f"files missing (e.g. results/{', results/'.join(missing[:3])}); finish sampling first"
+            )
+        return [Pair(i, n, self.source(i), self.result(i, n)) for i in self.indices for n in samples]
+
+
+def open_sample_folder(root: str | os.PathLike) -> SampleFolder:
+    """Index the items of a sampler output folder (those with ``source/image_{i}.png``)."""
+    root = Path(root)
+    source = root / "source"
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"{root} is not a sampling output folder: {source} is missing "
+            "(expected source/image_{i}.png, hints/hint_{i}.png, results/result_{i}_{n}.png)"
+        )
+    indices = sorted(int(m.group(1)) for p in source.iterdir() if (m := _SOURCE.fullmatch(p.name)))
+    if not indices:
+        raise FileNotFoundError(f"{source} holds no image_{{i}}.png files")
+    return SampleFolder(root, tuple(indices))
+
+
+def item_names(task_name: str, data_root: Path, split: str = "val") -> list[str]:
+    """File names of a control task's target images in item order (item ``i`` = caption entry ``i``).
+
+    The sampler numbers items by their position in the task's full caption file (SPEC §3): JSON lines with a
+    ``target`` path, or for CelebA-HQ one JSON list with an ``image`` name.
+    """
+    task = get_task(task_name)
+    captions = data_root / task.caption_file(split, full=True)
+    if not captions.is_file():
+        raise FileNotFoundError(
+            f"{captions} is missing: it maps item indices to {task.dataset_dir} images "
+            f"(set it up with bash {task.setup_script})"
+        )
+    if task.caption_format == "json_list":
+        return [entry["image"] for entry in json.loads(captions.read_text())]
+    lines = [line for line in captions.read_text().splitlines() if line.strip()]
+    return [Path(json.loads(line)["target"]).name for line in lines]
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 RGB array (grey and RGBA files are converted)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files (png, jpg, jpeg, bmp, webp) directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+    )
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no images")
+    return files
+
+
+def nan_to_none(value: object) -> object:
+    """JSON has no NaN: floats that are NaN become null, recursively through dicts and lists."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_none(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(nan_to_none(data), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain-text table; floats printed with 4 significant decimals, None as '-'."""
+
+    def cell(v: object) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    table = [list(header)] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+    lines = ["  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
