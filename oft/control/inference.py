@@ -115,7 +115,8 @@ def run_items(
         for path, image in zip(results, images, strict=True):
             write_png(path, image)
         write_png(hint, item["hint"])
-        write_png(source, (item["jpg"] + 1) / 2)  # last: evaluators index items by it, so it marks a whole item
+        # the target last: evaluators index items by it, so it marks a complete item
+        write_png(source, (item["jpg"] + 1) / 2)
     return len(todo)
 
 
