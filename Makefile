@@ -18,6 +18,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_layers.py
+	$(PY) bench/bench_sd_step.py
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py $(DEMO_ARGS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from oft.control.checkpoint import FINAL_MODEL, NORM_MODEL, check_flags_match
 from oft.control.cli import add_run_flags, check_run_flags, run, run_datasets, run_dir, train_config
-from oft.control.defaults import flag_names, paper_value
+from oft.control.defaults import flag_names
 from oft.control.model import ControlOFT
 from oft.control.training import fit
 
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"trained control model [default: <run folder>/{FINAL_MODEL}]",
     )
-    add_run_flags(p)
+    add_run_flags(p, epochs="norm_epochs")
     return check_run_flags(p, p.parse_args(argv))
 
 
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> Path:
         seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
     )
-    trainer = fit(module, train_set, train_config(args, out / "norm", paper_value("norm_epochs")), sample_set)
+    trainer = fit(module, train_set, train_config(args, out / "norm"), sample_set)
     if trainer.is_global_zero:
         module.export(out / NORM_MODEL, task=args.control)
         print(f"wrote {out / NORM_MODEL}")

@@ -22,3 +22,10 @@ def load_script(name: str):
 def tiny_sd_file(folder: Path, seed: int = 0, name: str = "sd.ckpt") -> Path:
     """A tiny random SD as an LDM single-file checkpoint, what ``v1-5-pruned.ckpt`` is for SD1.5."""
     return save_single_file(build_sd("tiny", seed=seed), folder / name)
+
+
+def initial_model(folder: Path, base: Path, *adapter: str) -> Path:
+    """``tool_add_control_oft.py --adapter-only`` on ``base``: the step-0 control model, flags ``adapter``."""
+    tool = load_script("tool_add_control_oft")
+    args = ["--input_path", str(base), "--output_path", str(folder / "ini.safetensors"), "--adapter-only"]
+    return tool.main(tool.parse_args([*args, *adapter]))

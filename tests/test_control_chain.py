@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from control_helpers import REPO, load_script, tiny_sd_file
+from control_helpers import REPO, initial_model, load_script, tiny_sd_file
 
 import oft_layers
 from oft.control.checkpoint import load_control
+from oft.control.images import read_png
 from oft.control.inference import output_paths
 
-tool, train, norm, sampler = (
-    load_script(n) for n in ("tool_add_control_oft", "train", "train_with_norm", "test_oft_parallel")
+train, norm, sampler, evaluate_canny = (
+    load_script(n) for n in ("train", "train_with_norm", "test_oft_parallel", "eval_canny")
 )
 ADAPTER = ["--r=4", "--eps=1e-3", "--coft"]
 DATA = ["--control", "synthetic", "--resolution", "32", "--synthetic_length", "2"]  # one batch per epoch
@@ -66,18 +67,7 @@ def rotations(path: Path) -> dict[str, torch.Tensor]:
 def chain(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("chain")
     base = tiny_sd_file(root)
-    ini = tool.main(
-        tool.parse_args(
-            [
-                "--input_path",
-                str(base),
-                "--output_path",
-                str(root / "ini.safetensors"),
-                "--adapter-only",
-                *ADAPTER,
-            ]
-        )
-    )
+    ini = initial_model(root, base, *ADAPTER)
     return {"root": root, "base": base, "ini": ini}
 
 
@@ -93,7 +83,13 @@ def run_train(chain, out: str, *extra: str) -> Path:
 def test_train_resume_postfit_and_sample(chain):
     root = chain["root"]
     # --- uninterrupted: 2 steps (2 epochs of 1 batch), last.ckpt every step
-    final = run_train(chain, "a", "--max_steps", "2")
+    final = run_train(chain, "a", "--max_steps", "2", "--sample_every", "2", "--sample_steps", "1")
+    grid = read_png(root / "a/samples/step_0000002.png")
+    assert grid.shape == (
+        3 * 34 + 2,
+        2 * 34 + 2,
+        3,
+    )  # rows control/target/sample x 2 val items of 32 px, padding 2
     ckpt = torch.load(root / "a/checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert set(ckpt["state_dict"]) == {f"unet.{k}" for k in rotations(chain["ini"])} | {
@@ -157,6 +153,11 @@ def test_train_resume_postfit_and_sample(chain):
     ):
         sampler.main(sampler.parse_args([*SAMPLE, "--output_dir", str(root / "a"), "--img_ID", "2"]))
 
+    # --- evaluation reads the sampler's layout (C2I here; the synthetic hint is the target's canny map)
+    report = evaluate_canny.main(evaluate_canny.parse_args([str(parallel)]))
+    assert report["images"] == 3 and 0 <= report["iou"] <= 1 and 0 <= report["f1"] <= 1
+    assert (parallel / "eval_canny.json").is_file()
+
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(chain):
@@ -188,18 +189,7 @@ def test_ddp_two_cpu_processes(chain):
 
 def test_resume_refuses_another_base_and_missing_files_are_named(chain, tmp_path):
     run_train(chain, "c", "--max_steps", "1")
-    other = tool.main(
-        tool.parse_args(
-            [
-                "--input_path",
-                str(tiny_sd_file(tmp_path, seed=1)),
-                "--output_path",
-                str(tmp_path / "other.safetensors"),
-                "--adapter-only",
-                *ADAPTER,
-            ]
-        )
-    )
+    other = initial_model(tmp_path, tiny_sd_file(tmp_path, seed=1), *ADAPTER)
     with pytest.raises(ValueError, match=r"last\.ckpt was trained with another base SD .*--resume none"):
         train.main(
             train.parse_args(

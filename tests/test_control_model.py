@@ -7,34 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from control_helpers import load_script, tiny_sd_file
+from control_helpers import initial_model, tiny_sd_file
 
 import oft_layers
 from oft.control.data import SyntheticDataset, collate
 from oft.control.model import ControlOFT, step_generator
 from oft.sd import add_to_conv_in, load_sd
 
-tool = load_script("tool_add_control_oft")
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     base = tiny_sd_file(root)
-    ini = tool.main(
-        tool.parse_args(
-            [
-                "--input_path",
-                str(base),
-                "--output_path",
-                str(root / "ini.safetensors"),
-                "--adapter-only",
-                "--r=4",
-                "--eps=1e-3",
-                "--coft",
-            ]
-        )
-    )
+    ini = initial_model(root, base, "--r=4", "--eps=1e-3", "--coft")
     return base, ini
 
 

@@ -140,6 +140,23 @@ def test_diffusers_folder(tiny, tmp_path):
     loaded = load_sd(tmp_path)
     assert loaded.preset == "tiny"
     _assert_same_outputs(tiny, loaded.freeze())
+    from safetensors.torch import load_file, save_file
+
+    text_file = tmp_path / "text_encoder" / "model.safetensors"
+    state = load_file(str(text_file))
+    state.pop(next(k for k in state if k.endswith("final_layer_norm.bias")))
+    state["text_model.extra.weight"] = torch.zeros(2)
+    save_file(state, str(text_file))
+    with pytest.raises(
+        ValueError, match=r"\(text encoder\) does not fit .*1 missing key.*final_layer_norm.bias"
+    ):
+        load_sd(tmp_path)
+    state = load_file(str(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    state["conv_out.bias"] = torch.zeros(3)
+    save_file(state, str(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ValueError, match=r"\(UNet\) does not fit .*conv_out.bias") as err:
+        load_sd(tmp_path)
+    assert "\n" not in str(err.value)
     (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has no vae/ weights"):
         load_sd(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from oft.control.data import SYNTHETIC, build_dataset
-from oft.control.defaults import add_flags, flag_names, run_name, task_defaults
+from oft.control.defaults import PAPER, add_flags, flag_names, run_name, task_defaults
 from oft.control.tasks import TASKS
 from oft.data.synthetic import HINT_KINDS
 
@@ -70,10 +70,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of train.py and train_with_norm.py: model and data, optimisation, scale-out, checkpoints, logs."""
+def add_run_flags(p: argparse.ArgumentParser, epochs: str = "epochs") -> None:
+    """Flags of train.py and train_with_norm.py: model and data, optimisation, scale-out, checkpoints, logs.
+
+    ``epochs``: the ``PAPER`` entry that documents and defaults --epochs."""
     add_model_flags(p)
-    add_flags(p, "lr", "weight_decay", "batch_size", "epochs", "precision")
+    add_flags(p, "lr", "weight_decay", "batch_size", "precision")
+    # ``epochs`` names the table entry of --epochs: the task's epochs, or "norm_epochs" for post-fitting
+    _flag(p, "epochs", type=int, default=PAPER[epochs].value, help=PAPER[epochs].help)
     _flag(
         p,
         "max_steps",
@@ -155,14 +159,14 @@ _PASSED = (
 )
 
 
-def train_config(args: argparse.Namespace, out_dir: Path, default_epochs: int | None = None):
-    """``TrainConfig`` from the run flags; epochs/batch default to the task's (``default_epochs`` overrides)."""
+def train_config(args: argparse.Namespace, out_dir: Path):
+    """``TrainConfig`` from the run flags; epochs and batch size default to the task's."""
     from oft.control.training import TrainConfig  # Lightning: imported only by the training scripts
 
     epochs, batch_size = task_defaults(args.control)
     return TrainConfig(
         out_dir=out_dir,
-        epochs=args.epochs or default_epochs or epochs,
+        epochs=args.epochs or epochs,
         batch_size=args.batch_size or batch_size,
         **{k: getattr(args, k) for k in _PASSED},
     )

@@ -20,7 +20,6 @@ class Default:
     help: str
     type: Any = None  # argparse type; None for booleans (BooleanOptionalAction)
     choices: tuple | None = None
-    nargs: str | None = None
 
 
 PAPER: dict[str, Default] = {
@@ -49,7 +48,9 @@ PAPER: dict[str, Default] = {
         0, "seed of shuffling, noise and timesteps (resumes reproduce an uninterrupted run)", int
     ),
     # post-fitting (train_with_norm.py): the paper says one extra epoch, the reference code ran 5
-    "norm_epochs": Default(1, "magnitude post-fitting epochs (paper: 1; the reference code ran 5)", int),
+    "norm_epochs": Default(
+        1, "magnitude post-fitting epochs (paper: 1; the reference code ran 5) [default: 1]", int
+    ),
     # sampling for evaluation
     "steps": Default(50, "DDIM steps", int),
     "guidance": Default(
@@ -92,11 +93,6 @@ def add_flags(parser: argparse.ArgumentParser, *names: str, **overrides: Any) ->
                 choices=entry.choices,
                 help=entry.help + shown,
             )
-
-
-def paper_value(name: str) -> Any:
-    """The paper's value of setting ``name``."""
-    return PAPER[name].value
 
 
 # The synthetic task (tests, CPU demo) is not a paper task; these stand in for its TASKS entry.

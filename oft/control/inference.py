@@ -54,9 +54,15 @@ def generate(
         return sample(cm.sd, prompts, seeds=seeds, height=hints.shape[-2], width=hints.shape[-1], **sampling)
 
 
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed that is a function of ``keys`` only (numpy's SeedSequence hashing): sample (seed, item, n)
+    here, training step (seed, step, rank) in ``oft.control.model``."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def sample_seed(seed: int, index: int, n: int) -> int:
-    """The seed of sample ``n`` of item ``index``: a function of the three numbers only."""
-    return int(np.random.SeedSequence([seed, index, n]).generate_state(1, np.uint64)[0] >> 1)
+    """The seed of sample ``n`` of item ``index``."""
+    return derived_seed(seed, index, n)
 
 
 def chunk(img_id: int, batch: int, total: int) -> range:
@@ -109,6 +115,7 @@ def run_items(
         for path, image in zip(results, images, strict=True):
             write_png(path, image)
         write_png(hint, item["hint"])
+        # the target last: evaluators index items by it, so it marks a complete item
         write_png(source, (item["jpg"] + 1) / 2)
     return len(todo)
 

@@ -7,16 +7,15 @@ plus the base model's identity, so they stay small and refuse to resume on anoth
 
 from __future__ import annotations
 
-import json
 import os
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import oft_layers
 from oft.control.checkpoint import load_control, save_control
+from oft.control.inference import derived_seed
 from oft.sd import add_to_conv_in
 
 STAGES = ("oft", "magnitude")
@@ -25,8 +24,7 @@ STAGES = ("oft", "magnitude")
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """The generator of one training step's noise, timesteps and latent sample: a function of (seed, step, rank)
     only, so a resumed run draws exactly what an uninterrupted one would."""
-    state = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(state)
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, step, rank))
 
 
 class ControlOFT(L.LightningModule):
@@ -129,9 +127,3 @@ class ControlOFT(L.LightningModule):
         save_control(
             self.cm, path, extra={"global_step": self.global_step, "stage": self.hparams.stage, **extra}
         )
-
-    def oft_config(self) -> dict:
-        """The common OFT options of the model (r, eps, coft, block_share), from the file's metadata."""
-        return {
-            k: json.loads(self.cm.meta[k]) for k in ("r", "eps", "coft", "block_share") if k in self.cm.meta
-        }

@@ -202,7 +202,12 @@ def read_single_file(path: str | os.PathLike) -> dict[str, Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # files from before PyTorch 1.6's zip format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure gets the same one-line explanation
         raise ValueError(
             f"cannot read {path} as a PyTorch checkpoint of tensors ({type(err).__name__}: {err})"

@@ -1,7 +1,7 @@
 """The SD1.5 backbone as one object: UNet, VAE, CLIP text encoder, tokenizer and training noise schedule.
 
 ``build_sd`` makes it with random weights from the in-code configs (``"tiny"`` for tests, ``"sd15"`` for the real
-architecture, weight-free with ``device="meta"``); ``load_sd`` (in ``oft.sd.loading``) fills it from a checkpoint.
+architecture, weight-free with ``device="meta"``); ``load_sd`` fills it from a checkpoint, offline.
 """
 
 from __future__ import annotations
@@ -149,15 +149,19 @@ def missing_checkpoint_message(path: str | os.PathLike) -> str:
     )
 
 
-def _load_into(build, state_dict: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
-    """Build a network weight-free and adopt ``state_dict``'s tensors (strict: names missing/unexpected keys)."""
-    with torch.device("meta"):
-        net = build()
-    result = net.load_state_dict(state_dict, strict=False, assign=True)
+def _adopt(
+    net: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, assign: bool
+) -> torch.nn.Module:
+    """Load ``state_dict`` into ``net`` strictly, as one line naming missing, unexpected or mis-shaped keys."""
+    try:
+        result = net.load_state_dict(state_dict, strict=False, assign=assign)
+    except RuntimeError as err:  # size mismatches: torch lists them on several lines
+        details = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
+        raise ValueError(f"{what} does not fit the SD architecture: {details}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
-            f"{what}: missing keys {result.missing_keys[:8]} ({len(result.missing_keys)}), "
-            f"unexpected keys {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
+            f"{what} does not fit the SD architecture: {len(result.missing_keys)} missing key(s) "
+            f"{result.missing_keys[:8]}, {len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:8]}"
         )
     return net
 
@@ -165,12 +169,16 @@ def _load_into(build, state_dict: dict[str, torch.Tensor], what: str) -> torch.n
 def _networks_from_state_dicts(
     preset: str, unet_sd: dict, vae_sd: dict, text_sd: dict, source: str
 ) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """Networks of ``preset`` holding the given weights; the big ones are built weight-free and adopt the tensors."""
     cfg = preset_config(preset)
-    unet = _load_into(lambda: UNet2DConditionModel(**cfg["unet"]), unet_sd, f"{source} (UNet)")
-    vae = _load_into(lambda: AutoencoderKL(**cfg["vae"]), vae_sd, f"{source} (VAE)")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg["unet"])
+        vae = AutoencoderKL(**cfg["vae"])
+    unet = _adopt(unet, unet_sd, f"{source} (UNet)", assign=True)
+    vae = _adopt(vae, vae_sd, f"{source} (VAE)", assign=True)
     # CLIP keeps a non-persistent position-id buffer that a weight-free build would leave empty: build it for real.
     text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    text_encoder.load_state_dict(text_sd, strict=True)
+    text_encoder = _adopt(text_encoder, text_sd, f"{source} (text encoder)", assign=False)
     return unet, vae, text_encoder
 
 
@@ -194,19 +202,16 @@ def _single_file_networks(path: Path, preset: str | None, ema: bool):
     return preset, _networks_from_state_dicts(preset, unet_sd, vae_sd, text_sd, str(path))
 
 
+_DIFFUSERS_WEIGHTS = [
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+]
+# Weight file names of a diffusers folder, in order of preference.
 _WEIGHT_NAMES = {
-    "unet": [
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-        "diffusion_pytorch_model.bin",
-        "diffusion_pytorch_model.fp16.bin",
-    ],
-    "vae": [
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-        "diffusion_pytorch_model.bin",
-        "diffusion_pytorch_model.fp16.bin",
-    ],
+    "unet": _DIFFUSERS_WEIGHTS,
+    "vae": _DIFFUSERS_WEIGHTS,
     "text_encoder": [
         "model.safetensors",
         "model.fp16.safetensors",
@@ -229,12 +234,7 @@ def _folder_networks(path: Path, preset: str | None):
         parts[part] = convert.read_single_file(found)
     parts["text_encoder"] = convert.strip_text_model_prefix(parts["text_encoder"])
     parts["text_encoder"].pop("embeddings.position_ids", None)
-    if preset is None:
-        width = parts["unet"]["conv_in.weight"].shape[0] if "conv_in.weight" in parts["unet"] else None
-        preset = next(
-            (p for p in ("sd15", "tiny") if preset_config(p)["unet"]["block_out_channels"][0] == width),
-            "sd15",
-        )
+    preset = preset or _recognise_preset(parts["unet"].get("conv_in.weight"))
     return preset, _networks_from_state_dicts(
         preset, parts["unet"], parts["vae"], parts["text_encoder"], str(path)
     )
@@ -252,7 +252,8 @@ def load_sd(
     The architecture comes from the in-code configs (``preset`` "sd15" or "tiny", recognised from the weights when
     None); every weight must be present and nothing else (a missing or unexpected key is an error that names it).
     ``ema=True`` takes the UNet's EMA weights from a file that has both (the reference trained from the non-EMA
-    ones, the default). Returns frozen-free networks in ``dtype`` on the CPU; call ``.freeze()`` and ``.to()``.
+    ones, the default). Returns trainable (not yet frozen) networks in ``dtype`` on the CPU: call ``.freeze()``,
+    ``.to(device)``.
     """
     path = Path(path)
     if not path.exists():

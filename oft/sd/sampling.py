@@ -81,21 +81,41 @@ def sample(
         raise ValueError(f"eta={eta} applies to DDIM only: use --sampler ddim or eta 0")
     scheduler = make_scheduler(sampler, models.noise_scheduler.config)
     scheduler.set_timesteps(steps)
-    device, dtype = models.device, models.dtype
     cfg = guidance != 1.0
-
     context = models.encode_prompts(([negative_prompt] * len(prompts) if cfg else []) + list(prompts))
     generators = [torch.Generator() for _ in seeds]
     shape = (LATENT_CHANNELS, height // VAE_DOWNSAMPLE, width // VAE_DOWNSAMPLE)
-    latents = initial_noise(seeds, shape, generators).to(device, dtype) * scheduler.init_noise_sigma
+    latents = initial_noise(seeds, shape, generators).to(models.device, models.dtype)
     step_kwargs = {"eta": eta, "generator": generators} if sampler == "ddim" else {}
+    latents = denoise(
+        models.unet, scheduler, latents, context, guidance, unet_kwargs_fn, step_kwargs, progress
+    )
+    return ((models.decode_latents(latents) + 1) / 2).clamp(0, 1).float().cpu()
 
-    for t in tqdm(scheduler.timesteps, desc=f"{sampler} sampling", disable=not progress, leave=False):
+
+@torch.no_grad()
+def denoise(
+    unet: torch.nn.Module,
+    scheduler: SchedulerMixin,
+    noise: Tensor,
+    context: Tensor,
+    guidance: float,
+    unet_kwargs_fn: Callable[[Tensor, Tensor], dict[str, Any]] | None = None,
+    step_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """The sampling loop over ``scheduler.timesteps`` (already set): noise (B, 4, h, w) -> latents (B, 4, h, w).
+
+    ``context`` is (2B, 77, d) ``cat([uncond, cond])`` when ``guidance != 1``, else (B, 77, d).
+    """
+    cfg = guidance != 1.0
+    latents = noise * scheduler.init_noise_sigma
+    for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
         model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
         extra = unet_kwargs_fn(model_in, t) if unet_kwargs_fn is not None else {}
-        eps = models.unet(model_in, t, encoder_hidden_states=context, **extra).sample
+        eps = unet(model_in, t, encoder_hidden_states=context, **extra).sample
         if cfg:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
-    return ((models.decode_latents(latents) + 1) / 2).clamp(0, 1).float().cpu()
+        latents = scheduler.step(eps, t, latents, **(step_kwargs or {})).prev_sample
+    return latents

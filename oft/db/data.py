@@ -1,0 +1,119 @@
+"""DreamBooth training data: instance (and class) images, resized then randomly cropped, in a step-indexed order.
+
+Every random choice of training step ``s`` (which images, where to crop) comes from a generator seeded with
+``(seed, s)``, so a run resumed at step ``s`` sees exactly the data an uninterrupted run would have seen, with no
+RNG state to save.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import functional as TF
+
+from oft.db.benchmark import SETUP_HINT
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The images in ``folder``, sorted by file name (the documented, reproducible order)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def instance_images(folder: str | os.PathLike) -> list[Path]:
+    """The subject's photos, or a clear error naming the folder and the setup command."""
+    images = list_images(folder)
+    if not images:
+        raise FileNotFoundError(f"no subject images in {folder}: {SETUP_HINT} or pass --instance_data_dir")
+    return images
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, step, stream) alone: the randomness of one training step."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7 + stream) % (2**63))
+
+
+def epoch_order(length: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled item order of one epoch (a function of seed and epoch)."""
+    return torch.randperm(length, generator=step_generator(seed, epoch, stream=1)).tolist()
+
+
+def load_crop(path: Path, size: int, generator: torch.Generator, center_crop: bool) -> torch.Tensor:
+    """Image file -> (3, size, size) in [-1, 1]: shorter side resized to ``size``, then a (random) square crop."""
+    with Image.open(path) as im:
+        image = TF.resize(TF.pil_to_tensor(im.convert("RGB")), size, antialias=True)  # (3, H', W') uint8
+    h, w = image.shape[-2:]
+    if center_crop:
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    crop = image[:, top : top + size, left : left + size]
+    return crop.float() / 127.5 - 1.0
+
+
+class DreamBoothSteps(Dataset):
+    """Item ``s`` is the batch of training step ``s``: ``{"pixel_values": (B, 3, size, size)}``.
+
+    The batch holds ``batch_size`` instance images and, with prior preservation, as many class images after
+    them (diffusers' layout: instance half first). One epoch visits ``max(#instance, #class)`` item pairs, item
+    ``k`` pairing instance image ``k % #instance`` with class image ``k % #class``, as in diffusers' DreamBooth;
+    with 5 photos and 200 class images an epoch is 200 steps at batch 1 (SPEC §4).
+    """
+
+    def __init__(
+        self,
+        instance_paths: list[Path],
+        class_paths: list[Path] | None,
+        *,
+        size: int,
+        batch_size: int,
+        seed: int,
+        center_crop: bool = False,
+    ) -> None:
+        self.instance_paths, self.class_paths = instance_paths, class_paths or []
+        self.size, self.batch_size, self.seed, self.center_crop = size, batch_size, seed, center_crop
+        self.items_per_epoch = max(len(self.instance_paths), len(self.class_paths))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.items_per_epoch // self.batch_size)
+
+    def items_of_step(self, step: int) -> list[int]:
+        """The epoch item indices that make up step ``step``'s batch."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = epoch_order(self.items_per_epoch, self.seed, epoch)
+        return order[position * self.batch_size : (position + 1) * self.batch_size]
+
+    def __len__(self) -> int:  # steps are unbounded; the sampler decides which ones are drawn
+        return 2**62
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        g = step_generator(self.seed, step, stream=2)
+        items = self.items_of_step(step)
+        paths = [self.instance_paths[k % len(self.instance_paths)] for k in items]
+        if self.class_paths:
+            paths += [self.class_paths[k % len(self.class_paths)] for k in items]
+        pixels = torch.stack([load_crop(p, self.size, g, self.center_crop) for p in paths])
+        return {"pixel_values": pixels}
+
+
+class StepSampler(torch.utils.data.Sampler[int]):
+    """Yields the step numbers ``start, start+1, ..., stop-1`` (the DataLoader fetches those batches)."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)

@@ -1,0 +1,91 @@
+"""Using a trained DreamBooth-OFT adapter: in a diffusers ``StableDiffusionPipeline``, or merged into a standalone
+model (a diffusers folder or one single-file checkpoint) that any SD tool opens.
+
+The reference saved its OFT layers as attention processors that a pipeline could not load back (its issue #9);
+here the adapter is a small safetensors file of R blocks plus metadata, and ``oft_layers.load_adapter`` wraps
+exactly the layers it names in a plain UNet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+import oft_layers
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("diffusers", "single-file")
+
+
+def load_with_adapter(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    *,
+    merge: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """The base SD model with the adapter loaded; ``merge=True`` folds every rotation into its weight and removes
+    the OFT wrappers (a plain model: sampling costs exactly the base model's). Returns ``(SDModels, metadata)``.
+    """
+    from oft.sd import load_sd
+
+    models = load_sd(base).freeze()  # float32 on the CPU: the rotation is folded in full precision
+    meta = oft_layers.load_adapter(models.unet, adapter)
+    trained_on = meta.get("base_model")
+    if trained_on and trained_on != models.identity:
+        logger.warning(
+            "adapter was trained on base %s, loading it into %s (same weights moved or copied?)",
+            trained_on,
+            models.identity,
+        )
+    if merge:
+        oft_layers.strip(models.unet, merge=True)
+    return models.to(device, dtype), meta
+
+
+def to_pipeline(models):
+    """A diffusers ``StableDiffusionPipeline`` around ``models`` (no hub access), with the DPM-Solver++ sampler
+    the reference validated with; safety checker off, as in research use."""
+    from diffusers import StableDiffusionPipeline
+
+    from oft.sd.sampling import make_scheduler
+
+    return StableDiffusionPipeline(
+        vae=models.vae,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        unet=models.unet,
+        scheduler=make_scheduler("dpm", models.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def export_merged(
+    base: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike, fmt: str
+) -> Path:
+    """Write base + adapter as one standalone model: ``"diffusers"`` (a folder ``save_pretrained`` writes) or
+    ``"single-file"`` (original LDM keys; ``.safetensors`` or ``.ckpt`` by the output's suffix). Atomic."""
+    from oft.sd.convert import save_single_file
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {FORMATS}")
+    output = Path(output)
+    models, _ = load_with_adapter(base, adapter, merge=True)
+    if fmt == "single-file":
+        if output.suffix not in (".safetensors", ".ckpt"):
+            raise ValueError(f"single-file output must end in .safetensors or .ckpt, got {output.name}")
+        return save_single_file(models, output)
+    tmp = output.with_name(f".tmp-{output.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_pipeline(models).save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(tmp, output)
+    return output

@@ -1,0 +1,61 @@
+"""The model-level benchmark runs end to end on the tiny preset and leaves the shared UNet as it found it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_sd_step.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_sd_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_results_and_restores_the_unet(tmp_path, monkeypatch):
+    bench = _bench()
+    built = []
+    original = bench.UNet2DConditionModel
+
+    def keep(**cfg):  # remember the UNet the benchmark builds, to inspect it afterwards
+        built.append(original(**cfg))
+        return built[-1]
+
+    monkeypatch.setattr(bench, "UNet2DConditionModel", keep)
+    out = tmp_path / "sd_step.json"
+    args = bench.parse_args(
+        [
+            "--preset",
+            "tiny",
+            "--latent",
+            "8",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--sample-steps",
+            "2",
+            "--sample-repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    results = bench.main(args)
+    saved = json.loads(out.read_text())
+    assert saved["training"].keys() == results["training"].keys()
+    names = set(saved["training"])
+    assert {"OFT r=4 (ours, auto path)", "OFT r=4 reference-style dense"} <= names
+    assert any(n.startswith("LoRA") for n in names)
+    assert all(v["median_s"] > 0 and len(v["times_s"]) == 1 for v in saved["training"].values())
+    assert set(saved["sampling"]) == {"plain UNet", "OFT r=4 merged"}
+    assert "| OFT r=4 merged |" in saved["table"]
+    # every adapter was stripped: only the plain, frozen diffusers modules remain
+    unet = built[0]
+    assert not any(p.requires_grad for p in unet.parameters())
+    assert all(type(m).__module__.startswith(("diffusers", "torch")) for m in unet.modules())
+    assert isinstance(unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q, torch.nn.Linear)

@@ -1,0 +1,329 @@
+"""End to end on the tiny preset, CPU: benchmark run 160 (cat, live prompts) with synthetic subject photos and
+prior preservation — class-image generation, training, a kill and a resume, the adapter in a diffusers pipeline,
+merged exports, evaluation. Outputs are checked against an uninterrupted run and against the adapter model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import oft.db.train as train_mod
+import oft_layers
+from oft.db.data import DreamBoothSteps, list_images
+from oft.db.export import load_with_adapter
+from oft.db.train import TrainConfig
+from oft.sd import build_sd, load_sd
+from oft.sd.convert import save_single_file
+from tests.test_db_benchmark import BUILTIN, load_script, write_prompts_file
+from tests.test_metrics_subject import tiny_metrics
+
+RUN = 160  # subject 6 (cat, live prompts), prompt 10: "a qwe cat wearing a red hat"
+TINY = [
+    "--resolution", "64", "--num_class_images", "3", "--class_inference_steps", "3", "--sample_batch_size", "3",
+    "--num_validation_images", "2", "--validation_inference_steps", "3", "--validation_steps", "4",
+    "--checkpointing_steps", "2", "--learning_rate", "2e-3", "--no-progress",
+]  # fmt: skip
+
+
+def read_R(path: Path) -> dict[str, torch.Tensor]:
+    return oft_layers.read_adapter(path)[0]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny SD checkpoint and a dataset folder: 3 synthetic 'cat' photos of different sizes + the prompt file."""
+    root = tmp_path_factory.mktemp("db")
+    ckpt = save_single_file(build_sd("tiny", seed=3), root / "models" / "tiny.ckpt")
+    cat = root / "data" / "dreambooth" / "cat"
+    cat.mkdir(parents=True)
+    for i, size in enumerate([(80, 64), (64, 96), (72, 72)]):
+        a = np.full((size[1], size[0], 3), (30, 60, 200), np.uint8)
+        a[10:40, 10 + 5 * i : 50, :] = (250, 120, 20)  # an orange "subject" on blue
+        Image.fromarray(a).save(cat / f"{i:02d}.jpg")
+    write_prompts_file(BUILTIN, root / "data" / "dreambooth" / "prompts_and_classes.txt")
+    common = ["--pretrained_model", str(ckpt), "--data_root", str(root / "data"), *TINY]
+    return root, ckpt, common
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    """Run 160 for 4 steps without interruption, through the script (as the .sh calls it)."""
+    root, _, common = setup
+    script = load_script("train_dreambooth_oft")
+    adapter = script.main(
+        script.parse_args(
+            [
+                "--run",
+                str(RUN),
+                "--max_train_steps",
+                "4",
+                "--output_root",
+                str(root / "full"),
+                "--keep_checkpoints",
+                *common,
+            ]
+        )
+    )
+    return adapter
+
+
+def test_training_outputs(setup, full_run):
+    root, _, _ = setup
+    run_dir = full_run.parent
+    assert run_dir == root / "full" / "cat-10"
+    info = json.loads((run_dir / "run.json").read_text())
+    assert (
+        info["validation_prompt"] == "a qwe cat wearing a red hat"
+        and info["eval_prompt"] == "a cat wearing a red hat"
+    )
+    assert info["class_images_generated"] == 3 and info["subject"] == "cat"
+    class_dir = root / "data" / "class_data" / "cat"
+    assert [p.name for p in list_images(class_dir)] == ["0000.png", "0001.png", "0002.png"]
+    with Image.open(class_dir / "0000.png") as im:
+        assert im.size == (64, 64)
+    R, meta = oft_layers.read_adapter(full_run)
+    assert (
+        len(R) == 32 and meta["coft"] == "true" and meta["validation_prompt"] == "a qwe cat wearing a red hat"
+    )
+    assert all(v.abs().max() > 0 for v in R.values())  # every layer moved from identity
+    # COFT: every block inside its Frobenius ball eps*b^2/sqrt(r) (b = in/4)
+    for v in R.values():
+        b = v.shape[-1]
+        assert torch.linalg.matrix_norm(v).max() <= 6e-5 * b * b / 2 * (1 + 1e-5)
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    # the adapter reloaded into the plain base model reproduces the last in-training validation images exactly
+    for name in ("00.png", "01.png"):
+        a = np.asarray(Image.open(run_dir / "validation" / "step-000004" / name))
+        b = np.asarray(Image.open(run_dir / "validation" / "final" / name))
+        assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000004"]
+
+
+def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
+    root, _, common = setup
+    script = load_script("train_dreambooth_oft")
+    args = ["--run", str(RUN), "--max_train_steps", "4", "--output_root", str(root / "killed"), *common]
+    class_dir = root / "data" / "class_data" / "cat"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in list_images(class_dir)}
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(*a, **k):  # the process is killed right after its first checkpoint
+        real_save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(script.parse_args(args))
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    run_dir = root / "killed" / "cat-10"
+    assert not (run_dir / "adapter.safetensors").exists()
+    ckpt = run_dir / "checkpoint-000002"
+    saved = read_R(ckpt / "adapter.safetensors")
+    for k, v in read_R(full_run.parent / "checkpoint-000002" / "adapter.safetensors").items():
+        assert torch.equal(saved[k], v)  # same state as the uninterrupted run at step 2
+
+    adapter = script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"]))
+    assert not list(run_dir.glob("checkpoint-*"))  # finished: checkpoints removed (no --keep_checkpoints)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["resumed_from_step"] == 2 and info["class_images_generated"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in list_images(class_dir)} == mtimes  # reused, not regenerated
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the counter continues at 3
+    stamp = adapter.stat().st_mtime_ns
+    assert script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"])) == adapter
+    assert adapter.stat().st_mtime_ns == stamp  # a re-submitted finished job does nothing
+    final, reference = read_R(adapter), read_R(full_run)
+    for k in reference:
+        assert torch.allclose(final[k], reference[k], atol=1e-7, rtol=1e-5), k  # resumed == uninterrupted
+
+
+def test_resume_refuses_another_base(setup, full_run, tmp_path):
+    root, _, common = setup
+    other = save_single_file(build_sd("tiny", seed=4), tmp_path / "other.ckpt")
+    script = load_script("train_dreambooth_oft")
+    args = script.parse_args(
+        [
+            "--run",
+            str(RUN),
+            "--max_train_steps",
+            "6",
+            "--output_root",
+            str(root / "full"),
+            *common,
+            "--pretrained_model",
+            str(other),
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
+    with pytest.raises(ValueError, match="same --pretrained_model"):
+        script.main(args)
+
+
+def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path):
+    _, ckpt, _ = setup
+    from diffusers import StableDiffusionPipeline
+
+    # UNet level: plain base + adapter (unmerged OFT) == merged single file == merged diffusers folder
+    adapted, _ = load_with_adapter(ckpt, full_run, merge=False)
+    assert len(list(oft_layers.oft_modules(adapted.unet))) == 32
+    merge_script = load_script("merge_adapter")
+    single = merge_script.main(
+        merge_script.parse_args(
+            [
+                "--base",
+                str(ckpt),
+                "--adapter",
+                str(full_run),
+                "--output",
+                str(tmp_path / "m.safetensors"),
+                "--format",
+                "single-file",
+            ]
+        )
+    )
+    folder = merge_script.main(
+        merge_script.parse_args(
+            ["--base", str(ckpt), "--adapter", str(full_run), "--output", str(tmp_path / "merged")]
+        )
+    )
+    merged = load_sd(single)
+    assert not list(oft_layers.oft_modules(merged.unet))  # a plain model: no OFT code needed to use it
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([50, 700])
+    ctx = adapted.encode_prompts(["a qwe cat wearing a red hat", ""])
+    base = load_sd(ckpt)
+    with torch.no_grad():
+        ya, ym, yb = (m.unet(x, t, ctx).sample for m in (adapted, merged, base))
+    assert torch.allclose(ya, ym, atol=1e-5) and not torch.allclose(ya, yb, atol=1e-4)
+
+    # pipeline level: generate.py (adapter in a StableDiffusionPipeline) == the merged folder opened by diffusers
+    gen = load_script("generate")
+    paths = gen.main(
+        gen.parse_args(
+            [
+                "--base",
+                str(ckpt),
+                "--adapter",
+                str(full_run),
+                "--num_images",
+                "1",
+                "--steps",
+                "3",
+                "--resolution",
+                "64",
+                "--output_dir",
+                str(tmp_path / "gen"),
+                "--device",
+                "cpu",
+            ]
+        )
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(
+        "a qwe cat wearing a red hat",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
+    ours = np.asarray(Image.open(paths[0])).astype(int)
+    assert np.abs(ours - np.round(img * 255).astype(int)).max() <= 1
+
+
+def test_evaluation_of_the_trained_run(setup, full_run):
+    root, _, _ = setup
+    evaluate = load_script("eval_ablation")
+    argv = ["--output_root", str(root / "full"), "--data_root", str(root / "data"), "--prompts", "10,11"]
+    argv += ["--subjects", "cat", "--step", "4", "--num_images", "2", "--lpips_size", "64"]
+    args = evaluate.parse_args(argv)
+    metrics = tiny_metrics()
+    results = evaluate.main(args, metrics=metrics)
+    assert list(results["runs"]) == ["cat-10"] and results["missing"] == ["cat-11"]
+    row = results["runs"]["cat-10"]
+    real = [Image.open(p).convert("RGB") for p in list_images(root / "data" / "dreambooth" / "cat")]
+    gen = [Image.open(p).convert("RGB") for p in list_images(full_run.parent / "validation" / "step-000004")]
+    direct = metrics.evaluate(real, gen, "a cat wearing a red hat")
+    assert row == pytest.approx(
+        {**direct, "subject": "cat", "prompt_index": 10, "prompt": "a cat wearing a red hat"}
+    )
+    assert (
+        results["subjects"]["cat"]["dino"] == pytest.approx(row["dino"]) and results["overall"]["runs"] == 1
+    )
+    out = root / "full" / "results-step4-prompts10_11"
+    assert json.loads(out.with_suffix(".json").read_text())["overall"]["clip_t"] == pytest.approx(
+        row["clip_t"]
+    )
+    md = out.with_suffix(".md").read_text()
+    assert "| cat | 1 |" in md and "LPIPS (diversity)" in md and "| OFT |" in md
+
+    class NoNetworks:  # a second evaluation must come from the per-run cache, computing nothing
+        def evaluate(self, *a):
+            raise AssertionError("recomputed a cached run")
+
+    assert evaluate.main(args, metrics=NoNetworks())["runs"] == results["runs"]
+    with_token = evaluate.main(evaluate.parse_args([*argv, "--clip_t_prompt", "validation"]), metrics=metrics)
+    row_v = with_token["runs"]["cat-10"]
+    assert row_v["prompt"] == "a qwe cat wearing a red hat" and row_v["dino"] == pytest.approx(row["dino"])
+    assert row_v["clip_t"] == pytest.approx(
+        metrics.evaluate(real, gen, "a qwe cat wearing a red hat")["clip_t"]
+    )
+
+
+def test_bad_input_messages(setup, tmp_path):
+    _, ckpt, _ = setup
+    with pytest.raises(FileNotFoundError, match="dataset_setup_db_dreambooth.sh"):
+        train_mod.train(
+            TrainConfig(
+                pretrained_model=str(ckpt),
+                instance_data_dir=str(tmp_path / "none"),
+                instance_prompt="a",
+                class_prompt="b",
+                class_data_dir=str(tmp_path / "c"),
+                validation_prompt="v",
+                output_dir=str(tmp_path / "o"),
+            )
+        )
+    (tmp_path / "s").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "s" / "a.png")
+    with pytest.raises(FileNotFoundError, match="download_model.sh"):
+        train_mod.train(
+            TrainConfig(
+                pretrained_model=str(tmp_path / "missing.ckpt"),
+                instance_data_dir=str(tmp_path / "s"),
+                instance_prompt="a",
+                class_prompt="b",
+                class_data_dir=str(tmp_path / "c"),
+                validation_prompt="v",
+                output_dir=str(tmp_path / "o"),
+            )
+        )
+    with pytest.raises(ValueError, match="--class_prompt"):
+        TrainConfig(instance_data_dir="x", instance_prompt="a", output_dir="o").validate()
+    with pytest.raises(ValueError, match="--validation_prompt"):
+        TrainConfig(
+            instance_data_dir="x", instance_prompt="a", output_dir="o", class_prompt="b", class_data_dir="c"
+        ).validate()
+
+
+def test_data_order_is_a_function_of_the_step(tmp_path):
+    paths = []
+    for i in range(3):
+        Image.new("RGB", (70, 64), (i * 80, 0, 0)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    data = DreamBoothSteps(paths, paths * 3, size=64, batch_size=1, seed=0)
+    assert data.steps_per_epoch == 9
+    epoch0 = [data.items_of_step(s)[0] for s in range(9)]
+    assert sorted(epoch0) == list(range(9))  # one epoch visits every class image once
+    again = DreamBoothSteps(paths, paths * 3, size=64, batch_size=1, seed=0)
+    assert torch.equal(data[5]["pixel_values"], again[5]["pixel_values"])  # same step, same batch and crop
+    assert data[5]["pixel_values"].shape == (2, 3, 64, 64)  # instance then class image
