@@ -155,7 +155,11 @@ def bench_training(unet, inputs, warmup: int, repeats: int) -> dict[str, dict]:
             if round_ >= warmup:
                 times[name].append(seconds)
                 peaks[name] = max(peaks.get(name, 0.0), mem.delta_mib)
-            print(f"  round {round_ + 1}/{warmup + repeats} {name}: {seconds:.2f} s", flush=True)
+            # every measurement is logged as it comes, so a run stopped early still leaves its numbers
+            print(
+                f"  round {round_ + 1}/{warmup + repeats} {name}: {seconds:.2f} s, peak RSS +{mem.delta_mib:.0f} MiB",
+                flush=True,
+            )
     assert not any(p.requires_grad for p in unet.parameters()), "a variant was not stripped"
     return {
         name: {

@@ -15,10 +15,21 @@ from .cayley import CONVENTION, cayley, skew
 from .coft import project_, project_after_step
 from .config import OFTConfig
 from .energy import hyperspherical_energy
-from .inject import count_trainable, inject, merge, oft_modules, oft_parameters, strip, unmerge, wrap
+from .inject import (
+    count_trainable,
+    enable_magnitude,
+    inject,
+    merge,
+    oft_modules,
+    oft_parameters,
+    strip,
+    unmerge,
+    wrap,
+)
 from .io import (
     adapter_metadata,
     adapter_state_dict,
+    apply_adapter,
     load_adapter,
     load_adapter_state_dict,
     read_adapter,
@@ -34,8 +45,10 @@ __all__ = [
     "OFTLinear",
     "adapter_metadata",
     "adapter_state_dict",
+    "apply_adapter",
     "cayley",
     "count_trainable",
+    "enable_magnitude",
     "hyperspherical_energy",
     "inject",
     "load_adapter",

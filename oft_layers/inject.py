@@ -106,6 +106,15 @@ def unmerge(model: nn.Module) -> int:
     return len(layers)
 
 
+def enable_magnitude(model: nn.Module) -> int:
+    """Give every OFT layer a per-output scale ``s`` (init 1; model output unchanged); returns how many layers.
+    For magnitude post-fitting: freeze R, then train only the scales."""
+    layers = [layer for _, layer in oft_modules(model)]
+    for layer in layers:
+        layer.enable_magnitude()
+    return len(layers)
+
+
 def count_trainable(model: nn.Module) -> int:
     """Trainable parameters as the reference counted them: R as its skew degrees of freedom ``r*b(b-1)/2``
     (shared: ``b(b-1)/2``), everything else trainable by numel."""

@@ -115,6 +115,13 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     """Load an adapter file into ``model``. Layers without OFT are wrapped first, with the options recorded in
     the file (so a plain pipeline UNet takes a trained adapter directly). Returns the file's metadata."""
     sd, meta = read_adapter(path)
+    apply_adapter(model, sd, meta)
+    return meta
+
+
+def apply_adapter(model: nn.Module, sd: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """``load_adapter`` for tensors and metadata already in memory (``adapter_state_dict`` + ``adapter_metadata``
+    stored inside a larger file, e.g. with a control encoder): wrap missing layers as recorded, then load."""
     layers = json.loads(meta["layers"])
     present = dict(oft_modules(model))
     modules = dict(model.named_modules())
@@ -130,4 +137,3 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
             raise ValueError(f"adapter does not fit this model: it has no module {name!r}")
         _set_submodule(model, name, wrap(modules[name], OFTConfig(**options), name))
     load_adapter_state_dict(model, sd)
-    return meta

@@ -8,6 +8,8 @@ with magnitude post-fitting. Bias is frozen and not rotated.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,6 +110,16 @@ class OFTLayer(nn.Module):
         if self.s is not None:
             W = W * self.s.float()[:, None]
         return W.reshape(self.base.weight.shape).to(self.base.weight.dtype)
+
+    def enable_magnitude(self) -> None:
+        """Add the per-output scale ``s`` (init 1, so the output is unchanged) to a layer built without one:
+        magnitude post-fitting of an already trained rotation."""
+        if self.s is not None:
+            return
+        if self.merged:
+            raise ValueError("cannot add a magnitude scale to a merged layer; unmerge it first")
+        self.config = replace(self.config, magnitude=True)
+        self.s = nn.Parameter(torch.ones(self.out_features, dtype=torch.float32, device=self.R.device))
 
     # --- merge / unmerge ----------------------------------------------------------------------------------
     @torch.no_grad()

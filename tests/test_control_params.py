@@ -47,5 +47,5 @@ def test_flags_are_checked():
     tool = _tool()
     with pytest.raises(SystemExit):
         tool.parse_args(["--count-only", "--r", "0"])
-    with pytest.raises(SystemExit):
-        tool.parse_args(["--r", "4"])
+    with pytest.raises(SystemExit):  # building a model takes one r
+        tool.parse_args(["--r", "2", "4"])

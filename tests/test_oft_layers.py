@@ -418,6 +418,38 @@ def test_hyperspherical_energy_known_answer():
     assert torch.isclose(ol.hyperspherical_energy(W, power=2), torch.tensor(0.5, dtype=torch.float64))
 
 
+def test_enable_magnitude_keeps_output_then_scales_and_round_trips(tmp_path):
+    model = tiny_model()
+    ol.inject(model, ["0", "2"], r=4)
+    for i, (_, layer) in enumerate(ol.oft_modules(model)):
+        randomize(layer, seed=i)
+    x = torch.randn(3, 16)
+    y = model(x)
+    assert ol.enable_magnitude(model) == 2
+    assert model[0].config.magnitude and model[0].s.shape == (32,)
+    assert torch.allclose(model(x), y, atol=1e-6)  # s = 1: nothing changes until the scales train
+    with torch.no_grad():
+        model[2].s.mul_(2.0)
+    assert not torch.allclose(model(x), y, atol=1e-3)
+    fresh = tiny_model()  # the post-fitted adapter reloads with its scales, from the file's metadata
+    ol.load_adapter(fresh, ol.save_adapter(model, tmp_path / "m.safetensors"))
+    assert torch.allclose(fresh(x), model(x), atol=1e-6) and fresh[2].s is not None
+    merged = ol.OFTLinear(nn.Linear(8, 4), r=2)
+    merged.merge()
+    with pytest.raises(ValueError, match="unmerge it first"):
+        merged.enable_magnitude()
+
+
+def test_apply_adapter_takes_tensors_and_metadata_from_memory():
+    model = tiny_model()
+    ol.inject(model, ["2"], r=2, eps=1e-3, coft=True)
+    randomize(model[2])
+    fresh = tiny_model()
+    ol.apply_adapter(fresh, ol.adapter_state_dict(model), ol.adapter_metadata(model))
+    x = torch.randn(2, 16)
+    assert torch.allclose(fresh(x), model(x), atol=1e-6) and fresh[2].config.coft
+
+
 def test_readme_example_trains_only_the_rotations():
     model = tiny_model().requires_grad_(False)
     names = ol.inject(model, [r"\d"], r=4, eps=1e-3, coft=True)

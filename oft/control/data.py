@@ -1,0 +1,188 @@
+"""Datasets of oft-control: the paper's tasks read from the reference's on-disk layout, and the synthetic task.
+
+Every item is ``{"jpg": target (3, H, W) in [-1, 1], "hint": control (3, H, W) in [0, 1], "txt": caption,
+"index": int}`` (the reference's keys, channels first). Problems surface at construction with one line naming
+the path and the setup script; an individual image that fails to decode is skipped with a counted warning, so
+a single bad file never stops a run hours in.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from oft.control.tasks import Task, get_task, read_captions
+from oft.data import synthetic
+from oft.paths import data_root
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_SIZES = {"train": 64, "val": 16}  # default numbers of synthetic items per split
+_SPLIT_SEED = {"train": 0, "val": 1}  # synthetic val items come from another seed stream than train
+
+
+class DataError(FileNotFoundError):
+    """A dataset folder, caption file or image is missing or unreadable; the message says how to fix it."""
+
+
+def _fix_hint(task: Task) -> str:
+    if task.setup_script:
+        return (
+            f"run `bash {task.setup_script}` (or point --data_root at the folder holding {task.dataset_dir}/)"
+        )
+    return (
+        f"this task has no download script: build {task.dataset_dir}/ as the README's data section describes "
+        "(or point --data_root at it)"
+    )
+
+
+def to_item(target: np.ndarray, hint: np.ndarray, caption: str, index: int) -> dict:
+    """uint8 arrays -> the item dict: target (H, W, 3) RGB -> [-1, 1]; hint (H, W) or (H, W, 3) -> [0, 1], 3 ch."""
+    if hint.ndim == 2:
+        hint = np.repeat(hint[:, :, None], 3, axis=2)
+    jpg = torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1).float() / 127.5 - 1.0
+    hint_t = torch.from_numpy(np.ascontiguousarray(hint)).permute(2, 0, 1).float() / 255.0
+    return {"jpg": jpg, "hint": hint_t, "txt": caption, "index": index}
+
+
+def read_rgb(path: Path, size: int, interpolation: int) -> np.ndarray:
+    """An image file as (size, size, 3) uint8 RGB; raises ``DataError`` when it cannot be decoded."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"cannot decode image {path}")
+    if image.shape[:2] != (size, size):
+        image = cv2.resize(image, (size, size), interpolation=interpolation)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class ControlDataset(Dataset):
+    """One paper task (``TASKS[name]``) and split, as the reference laid it out on disk.
+
+    ``full=True`` reads the full validation list (``prompt_val_blip_full.json``), as the evaluation did.
+    Images are resized to ``resolution`` when they differ (landmark targets are 1024 px, SPEC §3).
+    """
+
+    def __init__(
+        self,
+        task: str | Task,
+        split: str = "train",
+        root: str | Path | None = None,
+        resolution: int = 512,
+        full: bool = False,
+    ) -> None:
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.split, self.resolution = split, resolution
+        self.root = data_root(root) / self.task.dataset_dir
+        if not self.root.is_dir():
+            raise DataError(
+                f"missing data folder {self.root} for --control {self.task.name}: {_fix_hint(self.task)}"
+            )
+        captions = data_root(root) / self.task.caption_file(split, full)
+        if not captions.is_file():
+            raise DataError(
+                f"missing caption file {captions} for --control {self.task.name}: {_fix_hint(self.task)}"
+            )
+        try:
+            entries = read_captions(captions, self.task.caption_format)
+            files = [self.task.item_files(e, split) for e in entries]
+            prompts = [e["prompt"] for e in entries]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(
+                f"{captions} is not a {self.task.caption_format} caption file of this task ({err}): {_fix_hint(self.task)}"
+            ) from None
+        self.items: list[tuple[Path, Path, str]] = []
+        missing: list[Path] = []
+        for (hint, target), prompt in zip(files, prompts, strict=True):
+            paths = (self.root / hint, self.root / target)
+            absent = [p for p in paths if not p.is_file()]
+            missing += absent
+            if not absent:
+                self.items.append((*paths, prompt))
+        if not self.items:
+            raise DataError(
+                f"none of the {len(entries)} items of {captions} has its files (first missing: "
+                f"{missing[0] if missing else 'no entries'}): {_fix_hint(self.task)}"
+            )
+        if missing:
+            warnings.warn(
+                f"{captions}: skipping {len(entries) - len(self.items)} of {len(entries)} items whose files are "
+                f"missing (first: {missing[0]}); re-run the setup script to complete the data",
+                stacklevel=2,
+            )
+        self.skipped = 0  # items that failed to decode (per process: each DataLoader worker counts its own)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> dict:
+        hint_path, target_path, prompt = self.items[index]
+        target = read_rgb(target_path, self.resolution, cv2.INTER_AREA)
+        hint = read_rgb(hint_path, self.resolution, cv2.INTER_NEAREST)  # keeps label colours of segm maps
+        return to_item(target, hint, prompt, index)
+
+    def __getitem__(self, index: int) -> dict:
+        # An undecodable file is replaced by the next readable item (counted, warned) instead of a crash.
+        for offset in range(len(self.items)):
+            try:
+                return self.load((index + offset) % len(self.items))
+            except DataError as err:
+                self.skipped += 1
+                warnings.warn(f"{err}; skipped ({self.skipped} so far in this process)", stacklevel=2)
+        raise DataError(f"no image of {self.root} could be decoded: {_fix_hint(self.task)}")
+
+
+class SyntheticDataset(Dataset):
+    """The synthetic task (``oft.data.synthetic``): ``length`` items of ``size`` px, control ``hint_kind``."""
+
+    def __init__(
+        self,
+        split: str = "train",
+        length: int | None = None,
+        size: int = 64,
+        hint_kind: str = "canny",
+        seed: int = 0,
+    ) -> None:
+        if hint_kind not in synthetic.HINT_KINDS:
+            raise ValueError(f"--synthetic_hint must be one of {synthetic.HINT_KINDS}, got {hint_kind!r}")
+        self.split, self.size, self.hint_kind = split, size, hint_kind
+        self.seed = seed * len(_SPLIT_SEED) + _SPLIT_SEED[split]
+        self.length = SYNTHETIC_SIZES[split] if length is None else length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        target, caption, controls, _ = synthetic.make_item(index, self.seed, self.size)
+        return to_item(target, controls[self.hint_kind], caption, index)
+
+
+def build_dataset(
+    control: str,
+    split: str,
+    *,
+    root: str | Path | None = None,
+    resolution: int = 512,
+    full: bool = False,
+    synthetic_hint: str = "canny",
+    synthetic_length: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """The dataset of ``--control`` ``control`` (a ``TASKS`` name or ``"synthetic"``) for ``split``."""
+    if control == SYNTHETIC:
+        return SyntheticDataset(split, synthetic_length, resolution, synthetic_hint, seed)
+    return ControlDataset(control, split, root, resolution, full)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, keep captions as a list of str."""
+    return {
+        "jpg": torch.stack([i["jpg"] for i in items]),
+        "hint": torch.stack([i["hint"] for i in items]),
+        "txt": [i["txt"] for i in items],
+        "index": torch.tensor([i["index"] for i in items]),
+    }

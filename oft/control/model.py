@@ -1,0 +1,129 @@
+"""The oft-control training module: frozen SD + OFT on the control targets + hint encoder, ε-MSE loss (SPEC §3).
+
+Two stages share it: ``stage="oft"`` trains R and the hint encoder (``train.py``); ``stage="magnitude"`` freezes
+both and trains only per-output scales (``train_with_norm.py``, SPEC §1). Checkpoints hold only what trains,
+plus the base model's identity, so they stay small and refuse to resume on another base.
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+import oft_layers
+from oft.control.checkpoint import load_control, save_control
+from oft.control.inference import derived_seed
+from oft.sd import add_to_conv_in
+
+STAGES = ("oft", "magnitude")
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator of one training step's noise, timesteps and latent sample: a function of (seed, step, rank)
+    only, so a resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, step, rank))
+
+
+class ControlOFT(L.LightningModule):
+    """Lightning module of oft-control. ``model_path``: a control-model file (initial or trained)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        base: str | None = None,
+        *,
+        stage: str = "oft",
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        seed: int = 0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self.save_hyperparameters()
+        self.cm = load_control(model_path, base)
+        sd = self.cm.sd
+        # registered as children so Lightning moves them; ``self.cm`` keeps the same objects
+        self.unet, self.vae, self.text_encoder, self.hint = sd.unet, sd.vae, sd.text_encoder, self.cm.hint
+        if stage == "magnitude":
+            for _, layer in oft_layers.oft_modules(self.unet):
+                layer.R.requires_grad_(False)
+            oft_layers.enable_magnitude(self.unet)
+            self.hint.requires_grad_(False)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.strict_loading = (
+            False  # checkpoints hold only the trainable tensors; on_load_checkpoint checks them
+        )
+
+    # ---------------------------------------------------------------------------------------------- training
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """ε-prediction MSE of one batch: jpg (B, 3, H, W) in [-1, 1], hint (B, 3, H, W) in [0, 1], txt (B,)."""
+        sd = self.cm.sd
+        latents = sd.encode_images(batch["jpg"], generator=generator)  # (B, 4, H/8, W/8), frozen VAE
+        context = sd.encode_prompts(batch["txt"])  # (B, 77, d), frozen CLIP; no prompt dropout (reference)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        steps = sd.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        noisy = sd.noise_scheduler.add_noise(latents, noise, t)
+        with add_to_conv_in(self.unet, self.hint(batch["hint"])):
+            pred = self.unet(noisy, t, encoder_hidden_states=context).sample
+        return F.mse_loss(pred.float(), noise.float())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        gen = step_generator(self.hparams.seed, self.global_step, self.global_rank, self.device)
+        loss = self.loss(batch, gen)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["txt"]))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.stage == "oft":
+            oft_layers.project_after_step(opt, self.unet)  # COFT layers only; a no-op for plain OFT
+        return opt
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def _identity(self) -> dict[str, str]:
+        return {
+            "base_identity": self.cm.sd.identity,
+            "layers": self.cm.meta["layers"],
+            "stage": self.hparams.stage,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = set(self.trainable_names())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["oft_control"] = self._identity()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        where = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
+        saved = checkpoint.get("oft_control")
+        if saved is None:
+            raise ValueError(
+                f"{where} is not an oft-control training checkpoint; pass --resume none or another file"
+            )
+        mine = self._identity()
+        for key, what in (("base_identity", "base SD"), ("layers", "OFT configuration"), ("stage", "stage")):
+            if saved[key] != mine[key]:
+                shown = (saved[key], mine[key]) if key != "layers" else ("its r/eps/coft", "this run's")
+                raise ValueError(
+                    f"{where} was trained with another {what} ({shown[0]!r}, this run: {shown[1]!r}); "
+                    "resume with the same --base/--model and flags, or start fresh with --resume none"
+                )
+        missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(f"{where} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]})")
+
+    def export(self, path: str | os.PathLike, **extra: object) -> None:
+        """Write the trained control model (adapter + hint encoder, base referenced) for inference/post-fitting."""
+        save_control(
+            self.cm, path, extra={"global_step": self.global_step, "stage": self.hparams.stage, **extra}
+        )

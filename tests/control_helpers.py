@@ -1,0 +1,31 @@
+"""Shared fixtures of the oft-control tests: tiny SD files on disk and the entry points as modules."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from oft.sd import build_sd
+from oft.sd.convert import save_single_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """Import ``oft-control/<name>.py`` (not a package) to call its ``parse_args``/``main`` in-process."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "oft-control" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_sd_file(folder: Path, seed: int = 0, name: str = "sd.ckpt") -> Path:
+    """A tiny random SD as an LDM single-file checkpoint, what ``v1-5-pruned.ckpt`` is for SD1.5."""
+    return save_single_file(build_sd("tiny", seed=seed), folder / name)
+
+
+def initial_model(folder: Path, base: Path, *adapter: str) -> Path:
+    """``tool_add_control_oft.py --adapter-only`` on ``base``: the step-0 control model, flags ``adapter``."""
+    tool = load_script("tool_add_control_oft")
+    args = ["--input_path", str(base), "--output_path", str(folder / "ini.safetensors"), "--adapter-only"]
+    return tool.main(tool.parse_args([*args, *adapter]))

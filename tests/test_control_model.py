@@ -1,0 +1,89 @@
+"""The training module: step 0 is the base model, the loss is the eps-MSE of SPEC §3, options change what they
+should (gradient checkpointing: nothing numerically; bf16: dtype only; magnitude: which tensors train), and COFT
+holds after every optimizer step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from control_helpers import initial_model, tiny_sd_file
+
+import oft_layers
+from oft.control.data import SyntheticDataset, collate
+from oft.control.model import ControlOFT, step_generator
+from oft.sd import add_to_conv_in, load_sd
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    base = tiny_sd_file(root)
+    ini = initial_model(root, base, "--r=4", "--eps=1e-3", "--coft")
+    return base, ini
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return collate([SyntheticDataset("train", 2, 32)[i] for i in range(2)])
+
+
+def test_step_zero_is_the_base_model_and_the_loss_is_eps_mse(files, batch):
+    base, ini = files
+    module, plain = ControlOFT(ini), load_sd(base)
+    sd = module.cm.sd
+    x, t = torch.randn(2, 4, 4, 4), torch.tensor([10, 500])
+    ctx = sd.encode_prompts(batch["txt"])
+    with add_to_conv_in(module.unet, module.hint(batch["hint"])):
+        out = module.unet(x, t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(out, plain.unet(x, t, encoder_hidden_states=ctx).sample, atol=1e-6)
+    # the loss by hand, with the draws of the same generator
+    gen = step_generator(0, 3, 0, torch.device("cpu"))
+    loss = module.loss(batch, gen)
+    gen = step_generator(0, 3, 0, torch.device("cpu"))
+    latents = sd.encode_images(batch["jpg"], generator=gen)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    pred = plain.unet(sd.noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(loss, F.mse_loss(pred, noise), atol=1e-6)
+    loss.backward()
+    assert module.hint.zero_conv.weight.grad.abs().max() > 0  # the zero conv learns first ...
+    assert all(layer.R.grad.abs().max() > 0 for _, layer in oft_layers.oft_modules(module.unet))  # ... and R
+    assert all(p.grad is None for p in module.vae.parameters())
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(files, batch):
+    grads = []
+    for checkpointing in (False, True):
+        module = ControlOFT(files[1], gradient_checkpointing=checkpointing)
+        assert module.unet.is_gradient_checkpointing == checkpointing
+        module.train()
+        loss = module.loss(batch, step_generator(0, 0, 0, torch.device("cpu")))
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.requires_grad]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_bf16_autocast_keeps_rotations_float32(files, batch):
+    module = ControlOFT(files[1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = module.loss(batch, step_generator(0, 0, 0, torch.device("cpu")))
+    loss.backward()
+    layer = next(layer for _, layer in oft_layers.oft_modules(module.unet))
+    assert torch.isfinite(loss) and layer.R.dtype == torch.float32 and layer.R.grad.dtype == torch.float32
+
+
+def test_optimizer_projects_after_each_step_and_magnitude_stage_trains_only_scales(files, batch):
+    module = ControlOFT(files[1], lr=1.0)  # a huge step: every block leaves the eps-ball before projection
+    opt = module.configure_optimizers()
+    module.loss(batch, step_generator(0, 0, 0, torch.device("cpu"))).backward()
+    opt.step()
+    for _, layer in oft_layers.oft_modules(module.unet):
+        norms = torch.linalg.matrix_norm(layer.R, ord="fro")
+        assert torch.allclose(norms, torch.full_like(norms, layer.config.radius(layer.block_size)), rtol=1e-5)
+    names = ControlOFT(files[1], stage="magnitude").trainable_names()
+    assert names and all(n.endswith(".s") for n in names)
+    with pytest.raises(ValueError, match="stage must be one of"):
+        ControlOFT(files[1], stage="lora")
