@@ -11,6 +11,7 @@ the ratios are comparable on a noisy machine. Run: ``make bench`` or ``python be
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -99,10 +100,19 @@ def training_variants() -> dict[str, tuple[Callable[[nn.Module], None], Callable
     return out
 
 
+def _release_free_memory() -> None:
+    """Hand memory freed by earlier steps back to the OS (glibc keeps it otherwise, hiding the next step's peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the peak is then measured above whatever the allocator holds
+        pass
+
+
 class PeakRSS:
     """Peak resident memory above the level at entry, polled every 2 ms in a thread (CPU has no allocator stats)."""
 
     def __enter__(self) -> PeakRSS:
+        _release_free_memory()
         self.base = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -128,15 +138,24 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def train_step(unet: nn.Module, latents, t, context, noise) -> float:
-    """Seconds for one forward+backward (ε-MSE) with gradients for the adapter only."""
+def train_step(unet: nn.Module, latents, t, context, noise) -> tuple[float, int]:
+    """Seconds for one forward+backward (ε-MSE) with gradients for the adapter only, and the bytes autograd saved
+    for the backward (the activation memory the step holds at its peak, independent of the allocator)."""
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
     start = time.perf_counter()
-    loss = nn.functional.mse_loss(unet(latents, t, encoder_hidden_states=context).sample, noise)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = nn.functional.mse_loss(unet(latents, t, encoder_hidden_states=context).sample, noise)
     loss.backward()
     elapsed = time.perf_counter() - start
     for p in unet.parameters():
         p.grad = None
-    return elapsed
+    return elapsed, saved
 
 
 def bench_training(unet, inputs, warmup: int, repeats: int) -> dict[str, dict]:
@@ -144,20 +163,23 @@ def bench_training(unet, inputs, warmup: int, repeats: int) -> dict[str, dict]:
     variants = training_variants()
     times: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, float] = {}
+    saved_mib: dict[str, float] = {}
     trainable: dict[str, int] = {}
     for round_ in range(warmup + repeats):
         for name, (add, remove) in variants.items():
             add(unet)
             trainable[name] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
             with PeakRSS() as mem:
-                seconds = train_step(unet, *inputs)
+                seconds, saved = train_step(unet, *inputs)
+            saved_mib[name] = saved / 2**20
             remove(unet)
             if round_ >= warmup:
                 times[name].append(seconds)
                 peaks[name] = max(peaks.get(name, 0.0), mem.delta_mib)
             # every measurement is logged as it comes, so a run stopped early still leaves its numbers
             print(
-                f"  round {round_ + 1}/{warmup + repeats} {name}: {seconds:.2f} s, peak RSS +{mem.delta_mib:.0f} MiB",
+                f"  round {round_ + 1}/{warmup + repeats} {name}: {seconds:.2f} s, peak RSS +{mem.delta_mib:.0f} MiB, "
+                f"saved for backward {saved_mib[name]:.0f} MiB",
                 flush=True,
             )
     assert not any(p.requires_grad for p in unet.parameters()), "a variant was not stripped"
@@ -166,6 +188,7 @@ def bench_training(unet, inputs, warmup: int, repeats: int) -> dict[str, dict]:
             "median_s": statistics.median(ts),
             "times_s": ts,
             "peak_mib": peaks[name],
+            "saved_mib": saved_mib[name],
             "trainable": trainable[name],
         }
         for name, ts in times.items()
@@ -206,13 +229,14 @@ def format_results(results: dict) -> str:
             "",
             f"{results['repeats']} timed rounds after {results['warmup']} warm-up round(s), round-robin (median).",
             "",
-            "| training step (fwd+bwd) | median s | vs LoRA | vs OFT (ours) | peak RSS above base, MiB | trainable numel |",
-            "|---|---|---|---|---|---|",
+            "| training step (fwd+bwd) | median s | vs LoRA | vs OFT (ours) | peak RSS above base, MiB "
+            "| saved for backward, MiB | trainable numel |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, v in train.items():
             lines.append(
                 f"| {name} | {v['median_s']:.2f} | {v['median_s'] / lora:.2f}x | {v['median_s'] / oft:.2f}x | "
-                f"{v['peak_mib']:.0f} | {v['trainable']:,} |"
+                f"{v['peak_mib']:.0f} | {v['saved_mib']:.0f} | {v['trainable']:,} |"
             )
     if "sampling" in results:
         sample = results["sampling"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from oft import toy_ae
+from oft.data.files import atomic_write_json
 from oft.paths import data_root
 
 
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
         "train_time_s": round(trained.seconds, 1),  # summed over resumed sessions
         "wall_time_s": round(time.time() - start, 1),  # this invocation
     }
-    toy_ae.write_json(args.output_dir / "errors.json", result)
+    atomic_write_json(args.output_dir / "errors.json", result)
     print(f"wrote {grid} and {args.output_dir / 'errors.json'}")
     print(result["verdict"])
     return result

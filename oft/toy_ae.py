@@ -28,10 +28,7 @@ the real photographs shipped inside scikit-image, or procedurally generated text
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from oft.data.files import atomic_write
 
 DATASETS = ("auto", "flowers", "skimage", "textures")
 MODES = ("normal", "angle_only", "magnitude_only")
@@ -363,27 +362,6 @@ DATASET_DESCRIPTIONS = {
 # ---------------------------------------------------------------------------------------- train / evaluate
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 @dataclass(frozen=True)
 class TrainResult:
     """Mean training loss per epoch, and training seconds summed over every (resumed) session."""
@@ -442,7 +420,7 @@ def train_autoencoder(
                 "losses": losses,
                 "seconds": seconds,
             }
-            _atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
+            atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
     return TrainResult(losses, seconds)
 
 
@@ -483,7 +461,7 @@ def save_grid(path: Path, columns: Sequence[torch.Tensor], labels: Sequence[str]
         for r in range(n):
             tile = Image.fromarray(pixels[r]).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (x0, header + gap + r * (cell + gap)))
-    _atomic_write(path, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
+    atomic_write(path, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
 
 
 def error_report(

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 import oft_layers
 from oft.control.hint import HintEncoder
+from oft.data.files import atomic_write
 from oft.sd import SDModels, load_sd
 from oft.sd.convert import to_ldm_state_dict
 from oft.sd.targets import CONTROL_TARGETS
@@ -84,21 +85,15 @@ def save_control(
         **{k: str(v) for k, v in (extra or {}).items()},
     )
     tensors = control_tensors(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
         if base_state:
             raise ControlCheckpointError(
                 f"{path}: a .safetensors control file holds only the new weights; use a .ckpt name to copy the "
                 "base SD into it, or --adapter-only to reference the base"
             )
-        save_file(tensors, str(tmp), metadata=meta)
-    else:
-        torch.save(
-            {"state_dict": base_state or {}, "oft_control": {"tensors": tensors, "metadata": meta}}, tmp
-        )
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    payload = {"state_dict": base_state or {}, "oft_control": {"tensors": tensors, "metadata": meta}}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_control(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:

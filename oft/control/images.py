@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import torch
 
+from oft.data.files import atomic_write_bytes
+
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """(3, H, W) float in [0, 1] (tensor) or (H, W, 3) / (H, W) uint8 (array) -> (H, W, 3) or (H, W) uint8 RGB."""
@@ -26,11 +28,7 @@ def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Path
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
     if not ok:
         raise ValueError(f"cannot encode an image of shape {rgb.shape} as PNG for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, data.tobytes())
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from oft.control.tasks import get_task
+from oft.data.files import atomic_write_json
 
 _SOURCE = re.compile(r"image_(\d+)\.png")
 _RESULT = re.compile(r"result_(\d+)_(\d+)\.png")
@@ -151,18 +151,7 @@ def nan_to_none(value: object) -> object:
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(nan_to_none(data), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, nan_to_none(data))
 
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
