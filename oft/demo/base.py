@@ -18,9 +18,7 @@ Every image is ``oft.data.synthetic.make_item(index, seed, size)``; pretraining 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from oft.data import synthetic
+from oft.data.files import atomic_write, atomic_write_bytes, atomic_write_json
 from oft.metrics.prompt import unmasked_adherence
 from oft.sd import SDModels, build_sd, load_sd, sample
 from oft.sd.convert import save_single_file
@@ -197,17 +196,12 @@ def generate_for_items(
 
 
 def _save_state(module: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def _write_losses(path: Path, losses: list[float]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("".join(f"{x:.6f}\n" for x in losses))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(f"{x:.6f}\n" for x in losses).encode())
 
 
 def evaluate_base(sd: SDModels, cfg: PretrainConfig, items: int, steps: int, guidance: float) -> dict:
@@ -252,7 +246,5 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path, eval_items: int = 64) -
         if f.is_file():
             values = [float(x) for x in f.read_text().split()]
             report[f"{name}_last100_mean"] = float(np.mean(values[-100:]))
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out.with_suffix(".json"))
+    atomic_write_json(out.with_suffix(".json"), report)
     return report

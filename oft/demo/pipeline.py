@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from oft.control.data import build_dataset
 from oft.control.images import read_png, write_png
 from oft.control.training import TrainConfig, fit
 from oft.data import synthetic
+from oft.data.files import atomic_write_bytes, atomic_write_json
 from oft.demo.lora import LoRAControl, matched_rank
 from oft.metrics.folder import format_table
 from oft.metrics.prompt import masked_adherence
@@ -81,13 +81,6 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 class Demo:
     """One demo run in ``cfg.out_dir``: ``run()`` executes (or reuses) every stage and returns the results."""
 
@@ -116,7 +109,7 @@ class Demo:
         wall, cpu = time.perf_counter(), cpu_seconds()
         work()
         self.timings[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
-        write_json(self.timings_file, self.timings)
+        atomic_write_json(self.timings_file, self.timings)
 
     def init_file(self, method: str) -> Path:
         return self.out / "models" / f"init_{'coft' if method == 'coft' else 'oft'}.safetensors"
@@ -209,7 +202,9 @@ class Demo:
         trainer = fit(module, data, self.train_config("lora"))
         if trainer.is_global_zero:
             out = self.run_dir("lora")
-            write_json(out / "lora.json", {"rank": rank, "lora_parameters": module.adapter_parameters()})
+            atomic_write_json(
+                out / "lora.json", {"rank": rank, "lora_parameters": module.adapter_parameters()}
+            )
             module.export_merged(out / "lora_merged_base.safetensors", out / FINAL_MODEL)
 
     def sample(self, method: str) -> None:
@@ -248,7 +243,7 @@ class Demo:
             masks.append(controls["segm"].any(axis=2))
             truths.append(truth)
         prompt = masked_adherence(images, masks, truths)
-        write_json(folder / "eval_prompt.json", prompt)
+        atomic_write_json(folder / "eval_prompt.json", prompt)
         return {"iou": canny["iou"], "f1": canny["f1"], "prompt": prompt}
 
     # ----------------------------------------------------------------------------------------------- results
@@ -286,9 +281,9 @@ class Demo:
                 "cpu_s": cpu_seconds() - start_cpu,
             },
         }
-        write_json(self.out / "results.json", results)
+        atomic_write_json(self.out / "results.json", results)
         table = format_results(results)
-        (self.out / "results.md").write_text(table + "\n")
+        atomic_write_bytes(self.out / "results.md", (table + "\n").encode())
         write_png(self.out / "grid.png", image_grid(self, range(min(6, self.cfg.val_items))))
         write_png(
             self.out / "loss.png",
