@@ -105,9 +105,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "layers_per_block": 1,
             "cross_attention_dim": 32,  # = the tiny text encoder's hidden size, as 768 is for SD1.5
             "attention_head_dim": 8,
-            # 4+ channels per group, as SD's 320/32 = 10: with one channel per group GroupNorm erases the
-            # spatially constant part of every channel, i.e. the absolute colour of flat regions
-            "norm_num_groups": 8,
+            "norm_num_groups": 32,
         },
         "vae": {
             **_VAE_COMMON,
@@ -117,7 +115,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "up_block_types": ["UpDecoderBlock2D"] * 4,
             "block_out_channels": [16, 16, 32, 32],
             "layers_per_block": 1,
-            "norm_num_groups": 4,  # 4+ channels per group (see the UNet's)
+            "norm_num_groups": 16,
         },
         "text_encoder": {
             **_TEXT_COMMON,
