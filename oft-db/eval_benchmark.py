@@ -7,14 +7,11 @@ Every option of eval_ablation.py applies (see ``python oft-db/eval_ablation.py -
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
-# the sibling script (oft-db/ is not a package: its name has a dash, as the reference named it)
-_spec = importlib.util.spec_from_file_location("eval_ablation", Path(__file__).with_name("eval_ablation.py"))
-eval_ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_ablation)
+from oft.entry_points import load_script
+
+eval_ablation = load_script("eval_ablation", "oft-db")  # the sibling script (oft-db/ has a dash: not a package)
 
 
 def parse_args(argv: list[str] | None = None):

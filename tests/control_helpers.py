@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from oft.entry_points import REPO, load_script  # noqa: F401  (re-exported for the control tests)
 from oft.sd import build_sd
 from oft.sd.convert import save_single_file
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """Import ``oft-control/<name>.py`` (not a package) to call its ``parse_args``/``main`` in-process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "oft-control" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_sd_file(folder: Path, seed: int = 0, name: str = "sd.ckpt") -> Path:

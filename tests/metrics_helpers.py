@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """Import ``oft-control/<name>.py`` (not a package) to call its ``parse_args``/``main`` in-process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "oft-control" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from oft.entry_points import REPO, load_script  # noqa: F401  (re-exported for the metric tests)
 
 
 def save(path: Path, image: np.ndarray) -> Path:

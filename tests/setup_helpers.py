@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import socket
 import threading
@@ -10,19 +9,15 @@ import time
 import zipfile
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from oft.entry_points import load_script as load_entry_point
 
 
 def load_script(name: str):
-    """Import a script of scripts/ as a module (scripts/ is not a package), to call parse_args/main in-process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A ``scripts/`` entry point as a module."""
+    return load_entry_point(name, "scripts")
 
 
 # ------------------------------------------------------------------------------------------ local server

@@ -1,19 +1,14 @@
 """The model-level benchmark runs end to end on the tiny preset and leaves the shared UNet as it found it."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_sd_step.py"
+from oft.entry_points import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_sd_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_sd_step", "bench")
 
 
 def test_tiny_run_writes_results_and_restores_the_unet(tmp_path, monkeypatch):

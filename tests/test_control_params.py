@@ -1,20 +1,13 @@
 """The parameter command reproduces paper Table 3's OFT figures on the weight-free SD1.5 architecture."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from oft.control.params import PAPER_TABLE3, UNUSED_TIME_MLP, count_control_parameters
-
-SCRIPT = Path(__file__).resolve().parents[1] / "oft-control" / "tool_add_control_oft.py"
+from oft.entry_points import load_script
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tool_add_control_oft", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tool_add_control_oft")
 
 
 def test_unused_mlp_is_the_paper_difference():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from oft.db.benchmark import (
     read_table,
 )
 from oft.db.runs import Job, plan_jobs, run_queue
+from oft.entry_points import load_script as load_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,10 +79,8 @@ def spec_prompt(p: int, live: bool, token: str | None, noun: str) -> str:
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), ROOT / "oft-db" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """An ``oft-db/`` entry point as a module."""
+    return load_entry_point(name, "oft-db")
 
 
 def write_prompts_file(table: PromptTable, path: Path, newline: str = "\n") -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,18 +13,9 @@ from PIL import Image
 from torch import nn
 
 from oft import toy_ae
+from oft.entry_points import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("toy_exp_ae", ROOT / "examples" / "toy_exp_ae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
+script = load_script("toy_exp_ae", "examples")
 
 
 def _loop_decomposition(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:

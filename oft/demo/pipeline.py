@@ -14,7 +14,6 @@ Stages, each reused on re-run (its output file is its done-marker; trainings res
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import resource
 import time
@@ -33,11 +32,11 @@ from oft.control.training import TrainConfig, fit
 from oft.data import synthetic
 from oft.data.files import atomic_write_bytes, atomic_write_json
 from oft.demo.lora import LoRAControl, matched_rank
+from oft.entry_points import REPO, load_script
 from oft.metrics.folder import format_table
 from oft.metrics.prompt import masked_adherence
 from oft.sd import load_sd
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = REPO / "models" / "tiny-base" / "tiny-base.safetensors"
 METHODS = ("base", "lora", "oft", "coft")
 LABELS = {"base": "base (no control)", "lora": "LoRA", "oft": "OFT", "coft": "COFT"}
@@ -63,16 +62,6 @@ class DemoConfig:
     devices: int = 1
     threads: int | None = None
     seed: int = 0
-
-
-def load_script(name: str, folder: str = "oft-control"):
-    """An entry point ``<folder>/<name>.py`` as a module (``oft-control`` has a dash: not importable)."""
-    spec = importlib.util.spec_from_file_location(
-        f"{folder.replace('-', '_')}_{name}", REPO / folder / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def cpu_seconds() -> float:
