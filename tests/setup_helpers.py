@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from oft.entry_points import REPO  # noqa: F401  (re-exported for the setup tests)
 from oft.entry_points import load_script as load_entry_point
 
 
