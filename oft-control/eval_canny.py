@@ -8,8 +8,8 @@ averages the per-image IoU and F1. Writes <folder>/eval_canny.json (or --out) an
 from __future__ import annotations
 
 import argparse
-import sys
 
+from oft.entry_points import run_main
 from oft.metrics.canny import PAPER, evaluate_canny
 from oft.metrics.folder import format_table, open_sample_folder, write_json
 
@@ -52,7 +52,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (OSError, RuntimeError, ValueError) as exc:
-        sys.exit(f"eval_canny: {exc}")
+    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))

@@ -11,8 +11,8 @@ Writes <folder>/eval_fid.json (or --out) and prints a table.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from oft.entry_points import run_main
 from oft.metrics.fid import PAPER, evaluate_fid, load_inception
 from oft.metrics.folder import format_table, list_images, open_sample_folder, write_json
 
@@ -47,7 +47,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (OSError, RuntimeError, ValueError) as exc:
-        sys.exit(f"eval_fid: {exc}")
+    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))

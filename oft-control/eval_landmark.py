@@ -15,8 +15,8 @@ face_alignment is not installed by default (it would pull opencv-python over ope
 from __future__ import annotations
 
 import argparse
-import sys
 
+from oft.entry_points import run_main
 from oft.metrics.folder import format_table, open_sample_folder, write_json
 from oft.metrics.landmark import (
     GT_FOLDER,
@@ -69,7 +69,4 @@ def main(args: argparse.Namespace, detector: LandmarkDetector | None = None) -> 
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (OSError, RuntimeError, ValueError) as exc:
-        sys.exit(f"eval_landmark: {exc}")
+    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))

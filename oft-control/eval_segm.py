@@ -14,9 +14,9 @@ Writes <folder>/eval_segm.json (or <folder>/eval_segm_real.json with --real; or 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from oft.control.tasks import get_task
+from oft.entry_points import run_main
 from oft.metrics.folder import format_table, item_names, open_sample_folder, write_json
 from oft.metrics.segmentation import (
     LABELS_DIR,
@@ -84,7 +84,4 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (OSError, RuntimeError, ValueError) as exc:
-        sys.exit(f"eval_segm: {exc}")
+    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))

@@ -15,9 +15,10 @@ import argparse
 from pathlib import Path
 
 from oft.control.checkpoint import FINAL_MODEL, check_flags_match
-from oft.control.cli import add_model_flags, check_run_flags, dataset, run, run_dir
+from oft.control.cli import add_model_flags, check_run_flags, dataset, run_dir
 from oft.control.defaults import add_flags, flag_names
 from oft.control.inference import SamplingJob, chunk, local_devices, run_parallel
+from oft.entry_points import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,4 +92,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    run(main, parse_args)
+    run_main(main, parse_args)

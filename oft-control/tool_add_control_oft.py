@@ -18,9 +18,9 @@ import argparse
 from pathlib import Path
 
 from oft.control.checkpoint import build_initial
-from oft.control.cli import run
 from oft.control.defaults import PAPER, add_flags, flag_names
 from oft.control.params import count_control_parameters, format_parameter_table
+from oft.entry_points import run_main
 from oft.paths import models_root
 
 
@@ -85,4 +85,4 @@ def main(args: argparse.Namespace) -> Path | str:
 
 
 if __name__ == "__main__":
-    run(main, parse_args)
+    run_main(main, parse_args)

@@ -16,10 +16,11 @@ import argparse
 from pathlib import Path
 
 from oft.control.checkpoint import FINAL_MODEL, check_flags_match
-from oft.control.cli import add_run_flags, check_run_flags, run, run_datasets, run_dir, train_config
+from oft.control.cli import add_run_flags, check_run_flags, run_datasets, run_dir, train_config
 from oft.control.defaults import flag_names
 from oft.control.model import ControlOFT
 from oft.control.training import fit
+from oft.entry_points import run_main
 from oft.paths import models_root
 
 
@@ -57,4 +58,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    run(main, parse_args)
+    run_main(main, parse_args)

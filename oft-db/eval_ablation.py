@@ -14,13 +14,13 @@ Models come from local folders or the Hugging Face cache (``--dino``, ``--clip``
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from oft.db.benchmark import PROMPTS_PER_SUBJECT, read_table
 from oft.db.evaluate import evaluate_runs, prompt_indices, to_markdown, write_results
 from oft.db.runs import DEFAULT_OUTPUT_ROOT
+from oft.entry_points import run_main
 from oft.metrics.subject import CLIP_MODEL, DINO_MODEL, LPIPS_NET, load_subject_metrics
 from oft.paths import data_root
 
@@ -102,7 +102,4 @@ def main(args: argparse.Namespace, metrics=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, parse_args)

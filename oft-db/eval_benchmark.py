@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from oft.entry_points import load_script
+from oft.entry_points import load_script, run_main
 
-eval_ablation = load_script("eval_ablation", "oft-db")  # the sibling script (oft-db/ has a dash: not a package)
+# the sibling script (oft-db/ has a dash: not a package)
+eval_ablation = load_script("eval_ablation", "oft-db")
 
 
 def parse_args(argv: list[str] | None = None):
@@ -23,7 +24,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, parse_args)

@@ -10,7 +10,6 @@ to the run's validation prompt stored in the adapter. Image i uses seed ``--seed
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from oft.db.class_images import save_png
 from oft.db.export import load_with_adapter, to_pipeline
 from oft.db.train import TrainConfig
+from oft.entry_points import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +70,4 @@ def main(args: argparse.Namespace) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, parse_args)

@@ -11,11 +11,11 @@ attention weights, so the model is exactly as large and as fast as the base.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from oft.db.export import FORMATS, export_merged
 from oft.db.train import TrainConfig
+from oft.entry_points import run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +42,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, parse_args)

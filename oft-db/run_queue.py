@@ -16,6 +16,7 @@ from pathlib import Path
 
 from oft.db.benchmark import get_run, parse_run_range
 from oft.db.runs import DEFAULT_OUTPUT_ROOT, plan_jobs, run_queue, train_argv, visible_gpus
+from oft.entry_points import run_main
 
 TRAIN_SCRIPT = Path(__file__).with_name("train_dreambooth_oft.py")
 
@@ -64,7 +65,4 @@ def main(args: argparse.Namespace) -> dict[int, int]:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(1 if any(main(parse_args()).values()) else 0)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(1 if any(run_main(main, parse_args, errors=(ValueError,)).values()) else 0)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import MISSING, asdict
 from pathlib import Path
 
 from oft.db.benchmark import read_table
 from oft.db.runs import DEFAULT_OUTPUT_ROOT, describe_run, run_settings
 from oft.db.train import TrainConfig, config_fields, train
+from oft.entry_points import run_main
 from oft.paths import data_root
 
 
@@ -87,7 +87,4 @@ def main(args: argparse.Namespace) -> Path | None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, parse_args, errors=(ValueError, FileNotFoundError, RuntimeError))

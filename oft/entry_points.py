@@ -1,14 +1,20 @@
-"""The repository's entry-point scripts as modules, so tests and the demo call their ``main`` in-process.
+"""The repository's entry-point scripts: loading them as modules (tests and the demo call their ``main``
+in-process) and running them from the command line with one-line errors.
 
 ``oft-control/`` and ``oft-db/`` have dashes (the reference's folder names), so they cannot be imported as
-packages; this loads ``<folder>/<name>.py`` by path.
+packages; ``load_script`` loads ``<folder>/<name>.py`` by path.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,3 +28,17 @@ def load_script(name: str, folder: str = "oft-control") -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_main(
+    main: Callable[[Any], T],
+    parse_args: Callable[[], Any],
+    errors: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError),
+) -> T:
+    """``main(parse_args())`` for a script's ``__main__``: an expected failure (one of ``errors``: a missing file,
+    a bad value) exits with status 1 and the one line ``<script>: <message>`` instead of a traceback."""
+    args = parse_args()
+    try:
+        return main(args)
+    except errors as err:
+        sys.exit(f"{Path(sys.argv[0]).stem}: {err}")

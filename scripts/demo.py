@@ -11,11 +11,11 @@ Re-running reuses finished stages (delete the output folder to start over).
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 from oft.demo.pipeline import Demo, DemoConfig
+from oft.entry_points import run_main
 
 HELP = {
     "out_dir": "output folder",
@@ -57,7 +57,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, parse_args)

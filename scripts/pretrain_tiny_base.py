@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from oft.demo.base import PretrainConfig, pretrain
+from oft.entry_points import run_main
 
 DEFAULT_OUT = Path("models/tiny-base/tiny-base.safetensors")
 
@@ -46,4 +47,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_main(main, parse_args)

@@ -1,10 +1,8 @@
-"""What the oft-control entry points share: flag groups, validation, run folders, and one clear error line."""
+"""What the oft-control entry points share: flag groups, validation, run folders and training configs."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +10,6 @@ from oft.control.data import SYNTHETIC, build_dataset
 from oft.control.defaults import PAPER, add_flags, flag_names, run_name, task_defaults
 from oft.control.tasks import TASKS
 from oft.data.synthetic import HINT_KINDS
-
-
-def run(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace]) -> None:
-    """``main(parse_args())``; a missing file or a bad value exits with ``error: <message>`` (status 1)."""
-    args = parse_args()
-    try:
-        main(args)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
 
 
 def _flag(p: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
