@@ -24,7 +24,12 @@ DEFAULT_OUT = Path("models/tiny-base/tiny-base.safetensors")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(PretrainConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"[default: {f.default}]")
+        if isinstance(f.default, bool):
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(
+                f"--{f.name}", type=type(f.default), default=f.default, help=f"[default: {f.default}]"
+            )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="checkpoint to write [default: %(default)s]")
     p.add_argument(
         "--work_dir", type=Path, default=Path("outputs/pretrain"), help="stage outputs [default: %(default)s]"

@@ -12,7 +12,7 @@ import torch
 from control_helpers import tiny_sd_file
 
 from oft.control.checkpoint import build_initial, load_control
-from oft.demo.base import PretrainConfig, calibrate_latent_scale, validation_images
+from oft.demo.base import PretrainConfig, calibrate_latent_scale, train_unet, validation_images
 from oft.demo.lora import LoRAControl, lora_modules, lora_parameters_per_rank, matched_rank
 from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, load_script, read_losses
 from oft.sd import build_sd, load_sd
@@ -136,6 +136,22 @@ def test_pretrain_script_reduced_writes_a_loadable_base_and_reuses_stages(tmp_pa
     script.main(script.parse_args(argv))
     assert (tmp_path / "work" / "vae.safetensors").stat().st_mtime_ns == vae_stamp
     assert out.stat().st_mtime_ns == out_stamp
+
+
+@pytest.mark.parametrize("train_text_encoder", [True, False])
+def test_pretraining_updates_the_text_encoder_only_when_asked(train_text_encoder):
+    sd = build_sd("tiny", seed=0).freeze()
+    before = {
+        n: {k: v.clone() for k, v in getattr(sd, n).state_dict().items()} for n in ("unet", "text_encoder")
+    }
+    cfg = PretrainConfig(size=32, unet_steps=1, unet_batch=2, train_text_encoder=train_text_encoder)
+    train_unet(sd, cfg)
+    changed = {
+        n: any(not torch.equal(v, getattr(sd, n).state_dict()[k]) for k, v in before[n].items())
+        for n in before
+    }
+    assert changed == {"unet": True, "text_encoder": train_text_encoder}
+    assert not any(p.requires_grad for p in sd.text_encoder.parameters())  # frozen again afterwards
 
 
 @pytest.mark.skipif(not DEFAULT_BASE.is_file(), reason="the committed tiny base is not in this checkout")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from oft.sd import build_sd, load_sd
+from oft.sd.configs import PRESETS
 from oft.sd.convert import read_single_file, save_single_file, to_ldm_state_dict
 from oft.sd.models import missing_checkpoint_message
 
@@ -63,6 +64,15 @@ def test_safetensors_and_identity(tiny, tmp_path):
 
     os.utime(path, ns=(1, 1))
     assert load_sd(path).identity != loaded.identity  # another mtime: another base
+
+
+def test_recorded_architecture_must_match_the_preset(tiny, tmp_path, monkeypatch):
+    # GroupNorm groups leave no trace in the weights' shapes: the file's record catches a changed preset
+    path = save_single_file(tiny, tmp_path / "tiny.safetensors")
+    vae = dict(PRESETS["tiny"]["vae"], norm_num_groups=1)
+    monkeypatch.setitem(PRESETS["tiny"], "vae", vae)
+    with pytest.raises(ValueError, match=r"older 'tiny' architecture \(vae.norm_num_groups 2 \(now 1\)\)"):
+        load_sd(path)
 
 
 def test_sd15_key_layout_matches_the_original_file():

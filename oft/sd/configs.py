@@ -105,7 +105,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "layers_per_block": 1,
             "cross_attention_dim": 32,  # = the tiny text encoder's hidden size, as 768 is for SD1.5
             "attention_head_dim": 8,
-            "norm_num_groups": 32,
+            # 8 channels per group at width 32 (SD1.5: 10 at 320). One channel per group would be an instance
+            # norm, which maps every spatially constant channel to its bias: flat colours could not be made.
+            "norm_num_groups": 4,
         },
         "vae": {
             **_VAE_COMMON,
@@ -115,7 +117,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "up_block_types": ["UpDecoderBlock2D"] * 4,
             "block_out_channels": [16, 16, 32, 32],
             "layers_per_block": 1,
-            "norm_num_groups": 16,
+            "norm_num_groups": 2,  # 8 channels per group at width 16 (SD1.5's VAE: 4 at 128), see the UNet's note
         },
         "text_encoder": {
             **_TEXT_COMMON,

@@ -12,6 +12,7 @@ opens, and writing the tiny LDM-layout checkpoint that tests the loader without 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from torch import Tensor
 
-from oft.sd.configs import MAX_LENGTH
+from oft.sd.configs import MAX_LENGTH, preset_config
 
 if TYPE_CHECKING:
     from oft.sd.models import SDModels
@@ -34,6 +35,9 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 EMA_PREFIX = "model_ema."
+ARCHITECTURE_KEY = (
+    "oft_sd_architecture"  # safetensors metadata: the preset name and config a file was written with
+)
 # Present in the original files, not weights of any network we build: the LDM schedule buffers (no dot: "betas",
 # "alphas_cumprod", ...), the EMA copy (used only with ``ema=True``) and CLIP's constant position ids.
 _IGNORED = re.compile(
@@ -178,7 +182,8 @@ def save_single_file(models: SDModels, path: str | os.PathLike) -> Path:
     """Write ``models`` as one LDM-layout file (``.safetensors``, else a ``.ckpt`` with ``{"state_dict": ...}``).
 
     Written atomically (temporary name, then rename). Tensors are made contiguous and unshared, as safetensors
-    requires.
+    requires. A ``.safetensors`` file also records the preset and its config (``ARCHITECTURE_KEY``), because some
+    of it (GroupNorm groups, heads) leaves no trace in the weights' shapes; ``check_architecture`` reads it back.
     """
     path = Path(path)
     state = {k: v.detach().contiguous().clone() for k, v in to_ldm_state_dict(models).items()}
@@ -187,7 +192,9 @@ def save_single_file(models: SDModels, path: str | os.PathLike) -> Path:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(tmp), metadata={"format": "pt", "oft_sd_identity": models.identity})
+        architecture = json.dumps({"preset": models.preset, **preset_config(models.preset)}, sort_keys=True)
+        metadata = {"format": "pt", "oft_sd_identity": models.identity, ARCHITECTURE_KEY: architecture}
+        save_file(state, str(tmp), metadata=metadata)
     else:
         torch.save({"state_dict": state}, tmp)
     os.replace(tmp, path)
@@ -213,6 +220,39 @@ def read_single_file(path: str | os.PathLike) -> dict[str, Tensor]:
             f"cannot read {path} as a PyTorch checkpoint of tensors ({type(err).__name__}: {err})"
         ) from err
     return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+def check_architecture(path: str | os.PathLike, preset: str) -> None:
+    """Raise ``ValueError`` if ``path`` records (see ``save_single_file``) a config other than ``preset``'s.
+
+    Files without the record (every original SD checkpoint, ``.ckpt`` files) pass: their shapes were checked.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        recorded = (f.metadata() or {}).get(ARCHITECTURE_KEY)
+    if recorded is None:
+        return
+    recorded = json.loads(recorded)
+    current = json.loads(
+        json.dumps({"preset": preset, **preset_config(preset)})
+    )  # tuples -> lists, as recorded
+    if recorded.get("preset") != preset:
+        raise ValueError(f"{path} was written for the {recorded.get('preset')!r} preset, not {preset!r}")
+    changed = [
+        f"{part}.{key} {recorded[part].get(key)!r} (now {value!r})"
+        for part in ("unet", "vae", "text_encoder")
+        for key, value in current[part].items()
+        if recorded.get(part, {}).get(key) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{path} was written with an older {preset!r} architecture ({'; '.join(changed)}): its weights do not "
+            "fit the current code; rebuild the file (the demo base: python scripts/pretrain_tiny_base.py)"
+        )
 
 
 def _summary(keys: list[str], limit: int = 8) -> str:

@@ -197,6 +197,7 @@ def _single_file_networks(path: Path, preset: str | None, ema: bool):
     preset = preset or _recognise_preset(checkpoint.get(convert.UNET_PREFIX + "input_blocks.0.0.weight"))
     expected = convert.to_ldm_state_dict(build_sd(preset, device="meta"))
     convert.check_ldm_keys(checkpoint, expected, str(path))
+    convert.check_architecture(path, preset)
     cfg = preset_config(preset)
     unet_sd, vae_sd, text_sd = convert.from_ldm_state_dict(checkpoint, cfg["unet"], cfg["vae"])
     return preset, _networks_from_state_dicts(preset, unet_sd, vae_sd, text_sd, str(path))
