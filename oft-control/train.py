@@ -49,6 +49,7 @@ def main(args: argparse.Namespace) -> Path:
         weight_decay=args.weight_decay,
         seed=args.seed,
         gradient_checkpointing=args.gradient_checkpointing,
+        timestep_range=args.timestep_range,
     )
     trainer = fit(module, train_set, train_config(args, out), sample_set)
     if trainer.is_global_zero:

@@ -2,8 +2,8 @@
 follow canny edges on the synthetic task, through the real pipeline (tool, train.py, test_oft_parallel.py,
 eval_canny.py); prints a table and writes outputs/demo/{results.md,results.json,grid.png,loss.png}.
 
-    python scripts/demo.py                                    # ~15 min on an idle 2-core CPU
-    python scripts/demo.py --steps 3000 --resolution 128 --devices 1 --out_dir outputs/demo_gpu   # fuller, GPU
+    python scripts/demo.py                                    # ~10 min on an idle 2-core CPU
+    python scripts/demo.py --steps 3000 --lr 1e-3 --devices 1 --out_dir outputs/demo_gpu   # fuller, GPU
 
 Re-running reuses finished stages (delete the output folder to start over).
 """
@@ -23,6 +23,7 @@ HELP = {
     "steps": "optimizer steps per method (same for LoRA, OFT, COFT)",
     "batch_size": "training batch size",
     "lr": "AdamW learning rate, all methods",
+    "timestep_range": "training timesteps LO HI: drawn from [LO, HI) (train.py --timestep_range)",
     "r": "OFT blocks per layer",
     "eps": "COFT eps",
     "resolution": "image size in pixels (multiple of 8)",
@@ -40,10 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(DemoConfig):
         kind = Path if isinstance(f.default, Path) else (int if f.name == "threads" else type(f.default))
+        shape = (
+            {"type": int, "nargs": 2, "metavar": ("LO", "HI")}
+            if isinstance(f.default, tuple)
+            else {"type": kind}
+        )
         p.add_argument(
-            f"--{f.name}", type=kind, default=f.default, help=f"{HELP[f.name]} [default: {f.default}]"
+            f"--{f.name}", **shape, default=f.default, help=f"{HELP[f.name]} [default: {f.default}]"
         )
     args = p.parse_args(argv)
+    args.timestep_range = tuple(args.timestep_range)
     for name in ("steps", "batch_size", "val_items", "train_items", "sample_steps", "devices"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be positive, got {getattr(args, name)}")

@@ -52,6 +52,23 @@ def test_step_zero_is_the_base_model_and_the_loss_is_eps_mse(files, batch):
     assert all(p.grad is None for p in module.vae.parameters())
 
 
+def test_timestep_range_narrows_the_training_timesteps(files, batch, monkeypatch):
+    module = ControlOFT(files[1], timestep_range=(400, 402))
+    drawn = []
+    add_noise = module.cm.sd.noise_scheduler.add_noise
+    monkeypatch.setattr(
+        module.cm.sd.noise_scheduler,
+        "add_noise",
+        lambda x, n, t: drawn.append(t.clone()) or add_noise(x, n, t),
+    )
+    for step in range(8):
+        module.loss(batch, step_generator(0, step, 0, torch.device("cpu")))
+    assert set(torch.cat(drawn).tolist()) == {400, 401}
+    for bad in [(500, 500), (-1, 10), (0, 1001)]:
+        with pytest.raises(ValueError, match="timestep range"):
+            ControlOFT(files[1], timestep_range=bad)
+
+
 def test_gradient_checkpointing_changes_nothing_but_memory(files, batch):
     grads = []
     for checkpointing in (False, True):

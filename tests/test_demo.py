@@ -68,7 +68,8 @@ def test_lora_baseline_starts_at_the_base_counts_its_parameters_and_merges_exact
 
 def _demo_argv(base: Path, out: Path) -> list[str]:
     return ["--base", str(base), "--out_dir", str(out), "--steps", "3", "--val_items", "3", "--sample_steps", "2",
-            "--resolution", "32", "--train_items", "8", "--batch_size", "2", "--threads", "1"]  # fmt: skip
+            "--resolution", "32", "--train_items", "8", "--batch_size", "2", "--threads", "1",
+            "--timestep_range", "100", "200"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -82,6 +83,10 @@ def test_demo_reduced_writes_every_artefact_and_reuses_finished_stages(tmp_path,
 
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["methods"]) == set(METHODS)
+    assert saved["config"]["timestep_range"] == [100, 200]
+    for m in ("lora", "oft", "coft"):  # every method trained on the same timesteps
+        hparams = (out / "runs" / m / "logs" / "csv" / "version_0" / "hparams.yaml").read_text()
+        assert "timestep_range" in hparams and "100" in hparams and "200" in hparams
     for m, r in saved["methods"].items():
         assert 0 <= r["iou"] <= r["f1"] <= 1  # F1 = 2 IoU / (1 + IoU) >= IoU per image
         assert r["prompt"]["images"] == 3 and 0 <= r["prompt"]["both"] <= 1

@@ -104,6 +104,16 @@ def add_run_flags(p: argparse.ArgumentParser, epochs: str = "epochs") -> None:
     )
     _flag(
         p,
+        "timestep_range",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="draw training timesteps from [LO, HI) only [default: all of [0, 1000), as the reference]; "
+        "a mid range makes the zero-initialised hint encoder learn in hundreds of steps instead of thousands",
+    )
+    _flag(
+        p,
         "gradient_checkpointing",
         action="store_true",
         help="recompute UNet activations in the backward pass (less memory, slower)",

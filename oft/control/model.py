@@ -40,6 +40,7 @@ class ControlOFT(L.LightningModule):
         weight_decay: float = 0.01,
         seed: int = 0,
         gradient_checkpointing: bool = False,
+        timestep_range: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -47,6 +48,11 @@ class ControlOFT(L.LightningModule):
         self.save_hyperparameters()
         self.cm = load_control(model_path, base)
         sd = self.cm.sd
+        total = sd.noise_scheduler.config.num_train_timesteps
+        self.timestep_range = tuple(timestep_range) if timestep_range else (0, total)
+        lo, hi = self.timestep_range
+        if not 0 <= lo < hi <= total:
+            raise ValueError(f"timestep range [{lo}, {hi}) must lie within [0, {total}) and be non-empty")
         # registered as children so Lightning moves them; ``self.cm`` keeps the same objects
         self.unet, self.vae, self.text_encoder, self.hint = sd.unet, sd.vae, sd.text_encoder, self.cm.hint
         if stage == "magnitude":
@@ -70,8 +76,8 @@ class ControlOFT(L.LightningModule):
         latents = sd.encode_images(batch["jpg"], generator=generator)  # (B, 4, H/8, W/8), frozen VAE
         context = sd.encode_prompts(batch["txt"])  # (B, 77, d), frozen CLIP; no prompt dropout (reference)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        steps = sd.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        lo, hi = self.timestep_range  # all of [0, 1000) unless narrowed (the reference: all)
+        t = torch.randint(lo, hi, (latents.shape[0],), generator=generator, device=latents.device)
         noisy = sd.noise_scheduler.add_noise(latents, noise, t)
         with add_to_conv_in(self.unet, self.hint(batch["hint"])):
             pred = self.unet(noisy, t, encoder_hidden_states=context).sample
