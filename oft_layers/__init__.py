@@ -15,6 +15,7 @@ from .cayley import CONVENTION, cayley, skew
 from .coft import project_, project_after_step
 from .config import OFTConfig
 from .energy import hyperspherical_energy
+from .functional import block_matmul, rotate_rows
 from .inject import (
     count_trainable,
     enable_magnitude,
@@ -35,7 +36,8 @@ from .io import (
     read_adapter,
     save_adapter,
 )
-from .layers import OFTConv2d, OFTLayer, OFTLinear, rotate_rows
+from .layers import OFTConv2d, OFTLayer, OFTLinear
+from .paths import clear_path_cache, get_path_policy, load_path_cache, path_cache, set_path_policy
 
 __all__ = [
     "CONVENTION",
@@ -46,21 +48,27 @@ __all__ = [
     "adapter_metadata",
     "adapter_state_dict",
     "apply_adapter",
+    "block_matmul",
     "cayley",
+    "clear_path_cache",
     "count_trainable",
     "enable_magnitude",
+    "get_path_policy",
     "hyperspherical_energy",
     "inject",
     "load_adapter",
     "load_adapter_state_dict",
+    "load_path_cache",
     "merge",
     "oft_modules",
     "oft_parameters",
+    "path_cache",
     "project_",
     "project_after_step",
     "read_adapter",
     "rotate_rows",
     "save_adapter",
+    "set_path_policy",
     "skew",
     "strip",
     "unmerge",

@@ -4,6 +4,10 @@ For a frozen weight ``W`` (out, in) and ``B = blockdiag(Q_1..Q_r)`` (in, in), th
 ``y = x B W^T * s + bias`` i.e. ``W'' = diag(s) W B^T`` (SPEC §1): every neuron (row of W) is rotated by B, so
 pairwise angles and norms between neurons, and hence hyperspherical energy, are unchanged. ``s`` exists only
 with magnitude post-fitting. Bias is frozen and not rotated.
+
+Dtypes: R (and s) are float32 parameters (float64 in a float64 model); the rotation is built in that dtype.
+Activations keep the module's dtype, or autocast's: every product runs in ``compute_dtype(x)``, and the
+output has that dtype, exactly as for the wrapped ``nn.Linear`` / ``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -14,61 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import paths
 from .cayley import cayley
 from .config import OFTConfig
-
-
-def rotate_rows(W: torch.Tensor, Q: torch.Tensor, transpose: bool = True) -> torch.Tensor:
-    """Block-rotate the last axis of ``W`` (n, r*b): block i becomes ``W_i Q_i^T`` (or ``W_i Q_i``).
-
-    ``W @ blockdiag(Q)^T`` without materialising the (in, in) block-diagonal matrix: one batched matmul.
-    """
-    r, b, _ = Q.shape
-    Wb = W.reshape(-1, r, b).transpose(0, 1)  # (r, n, b)
-    out = torch.bmm(Wb, Q.transpose(1, 2) if transpose else Q)  # (r, n, b)
-    return out.transpose(0, 1).reshape(W.shape)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would run a matmul in, else the input's dtype."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return x.dtype
-
-
-class _WeightCentricLinear(torch.autograd.Function):
-    """``y = x (W B^T)^T + bias`` with a backward that never forms the weight gradient.
-
-    Forward rotates W (cost out*in*b) and runs one plain matmul. Backward uses ``u = x B`` implicitly:
-    ``g_u = g_y W`` (the matmul a frozen layer needs anyway), ``g_x = g_u B^T`` and ``g_Q_i = x_i^T g_u_i``
-    (each N*in*b), instead of autograd's extra N*in*out product for ``g_W'``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, W, Q, bias):
-        dtype = _compute_dtype(x)
-        ctx.x_dtype, ctx.q_dtype = x.dtype, Q.dtype
-        with torch.autocast(x.device.type, enabled=False):
-            x, W, Qc = x.to(dtype), W.to(dtype), Q.to(dtype)
-            y = F.linear(x, rotate_rows(W, Qc), None if bias is None else bias.to(dtype))
-        ctx.save_for_backward(x, W, Qc)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, W, Q = ctx.saved_tensors
-        r, b, _ = Q.shape
-        with torch.autocast(gy.device.type, enabled=False):
-            gu = torch.matmul(gy.to(W.dtype), W)  # (..., in)
-            gx = gQ = None
-            if ctx.needs_input_grad[0]:
-                gx = rotate_rows(gu, Q, transpose=True).to(ctx.x_dtype)
-            if ctx.needs_input_grad[2]:
-                xb = x.reshape(-1, r, b).transpose(0, 1)  # (r, N, b)
-                gub = gu.reshape(-1, r, b).transpose(0, 1)
-                gQ = torch.bmm(xb.transpose(1, 2), gub).to(ctx.q_dtype)  # (r, b, b)
-        return gx, None, gQ, None
+from .functional import (
+    RotatedInput,
+    RotatedWeight,
+    compute_dtype,
+    no_autocast,
+    oft_linear_forward,
+    rotate_rows,
+)
 
 
 class OFTLayer(nn.Module):
@@ -84,32 +44,37 @@ class OFTLayer(nn.Module):
         )
         b, r = self.block_size, config.r
         dev = base.weight.device
+        # float32 parameters even in a half-precision model (the trainers' contract); float64 in a float64 one
+        dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
         shape = (b, b) if config.block_share else (r, b, b)
         # Zero init: S = 0, Q = I, so the adapted layer equals the pretrained one at step 0.
-        self.R = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=dev))
-        self.s = (
-            nn.Parameter(torch.ones(out_features, dtype=torch.float32, device=dev))
-            if config.magnitude
-            else None
-        )
+        self.R = nn.Parameter(torch.zeros(shape, dtype=dtype, device=dev))
+        self.s = nn.Parameter(torch.ones(out_features, dtype=dtype, device=dev)) if config.magnitude else None
         self.merged = False
 
     # --- the rotation -------------------------------------------------------------------------------------
     def rotation(self) -> torch.Tensor:
-        """The orthogonal blocks (r, b, b) in float32; a shared block is expanded (gradients accumulate)."""
+        """The orthogonal blocks (r, b, b) in float32 (float64 for a float64 R); a shared block is expanded."""
         Q = cayley(self.R, self.config.cayley, self.config.neumann_terms)
         return Q.expand(self.config.r, -1, -1) if self.config.block_share else Q
 
     def _flat_weight(self) -> torch.Tensor:
         return self.base.weight.reshape(self.out_features, self.in_features)
 
+    def _exact_dtype(self) -> torch.dtype:
+        """The dtype weights are rotated in: float32, or float64 when the weight or R is float64."""
+        return torch.promote_types(torch.promote_types(self.base.weight.dtype, self.R.dtype), torch.float32)
+
+    def _rotated_flat(self) -> torch.Tensor:
+        """``diag(s) W B^T`` as (out, in) in ``_exact_dtype`` (differentiable in R and s)."""
+        dtype = self._exact_dtype()
+        W = rotate_rows(self._flat_weight().to(dtype), self.rotation().to(dtype))
+        return W if self.s is None else W * self.s.to(dtype)[:, None]
+
     @torch.no_grad()
     def rotated_weight(self) -> torch.Tensor:
-        """``diag(s) W B^T`` in the base weight's shape and dtype (computed in float32)."""
-        W = rotate_rows(self._flat_weight().float(), self.rotation())
-        if self.s is not None:
-            W = W * self.s.float()[:, None]
-        return W.reshape(self.base.weight.shape).to(self.base.weight.dtype)
+        """``diag(s) W B^T`` in the base weight's shape and dtype (computed in float32 or float64)."""
+        return self._rotated_flat().reshape(self.base.weight.shape).to(self.base.weight.dtype)
 
     def enable_magnitude(self) -> None:
         """Add the per-output scale ``s`` (init 1, so the output is unchanged) to a layer built without one:
@@ -119,7 +84,7 @@ class OFTLayer(nn.Module):
         if self.merged:
             raise ValueError("cannot add a magnitude scale to a merged layer; unmerge it first")
         self.config = replace(self.config, magnitude=True)
-        self.s = nn.Parameter(torch.ones(self.out_features, dtype=torch.float32, device=self.R.device))
+        self.s = nn.Parameter(torch.ones(self.out_features, dtype=self.R.dtype, device=self.R.device))
 
     # --- merge / unmerge ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -137,14 +102,15 @@ class OFTLayer(nn.Module):
         """Undo ``merge``: ``W = diag(1/s) W'' B`` (exact up to float rounding, since B is orthogonal)."""
         if not self.merged:
             return
-        W = self._flat_weight().float()
+        dtype = self._exact_dtype()
+        W = self._flat_weight().to(dtype)
         if self.s is not None:
             if (self.s == 0).any():
                 raise ValueError(
                     "cannot unmerge: a magnitude scale is exactly 0, the original weight is lost"
                 )
-            W = W / self.s.float()[:, None]
-        W = rotate_rows(W, self.rotation(), transpose=False)
+            W = W / self.s.to(dtype)[:, None]
+        W = rotate_rows(W, self.rotation().to(dtype), transpose=False)
         self.base.weight.copy_(W.reshape(self.base.weight.shape).to(self.base.weight.dtype))
         self.merged = False
 
@@ -159,10 +125,11 @@ class OFTLayer(nn.Module):
 class OFTLinear(OFTLayer):
     """A frozen ``nn.Linear`` with OFT. ``path`` chooses how the rotation is applied (same result):
 
-    - "weight": rotate W block by block, one matmul (custom backward, see ``_WeightCentricLinear``);
-    - "input": rotate x block by block, then the frozen layer;
+    - "weight": rotate W block by block, then one GEMM;
+    - "input": rotate x block by block, then the frozen GEMM (both share one backward, see ``functional``);
     - "dense": the reference's approach, a dense (in, in) block-diagonal matrix product in every forward;
-    - "auto": "weight" when out_features <= tokens, else "input" (the cheaper in FLOPs, forward and backward).
+    - "auto": "weight" or "input", by the FLOP rule where it is clear, else measured once per shape class
+      (``oft_layers.paths``).
     """
 
     def __init__(self, base: nn.Linear, config: OFTConfig | None = None, **options) -> None:
@@ -170,36 +137,47 @@ class OFTLinear(OFTLayer):
             raise TypeError(f"OFTLinear wraps nn.Linear, got {type(base).__name__}")
         super().__init__(base, config or OFTConfig(**options), base.in_features, base.out_features)
 
-    def choose_path(self, x: torch.Tensor) -> str:
-        """The compute path this call uses (resolves "auto" from the number of tokens)."""
+    def choose_path(self, x: torch.Tensor, Q: torch.Tensor | None = None) -> str:
+        """The way a call on ``x`` is computed ("auto" resolved by ``paths.choose``)."""
         if self.config.path != "auto":
             return self.config.path
-        tokens = x.numel() // self.in_features
-        # weight-centric costs out*in*b extra, input-centric N*in*b (forward and backward alike).
-        return "weight" if self.out_features <= tokens else "input"
+        backward = torch.is_grad_enabled() and (x.requires_grad or self.R.requires_grad)
+        Q = (self.rotation() if Q is None else Q).detach()
+
+        def run(path: str) -> None:  # the call that way, on detached copies: no gradient reaches the layer
+            if not backward:
+                with torch.no_grad():
+                    self._linear(x, Q, path)
+                return
+            with torch.enable_grad():
+                y = self._linear(x.detach().requires_grad_(x.requires_grad), Q.requires_grad_(True), path)
+                y.backward(torch.ones_like(y))
+
+        return paths.choose(
+            x, compute_dtype(x), self.in_features, self.out_features, self.config.r, backward, run
+        )
+
+    def _linear(self, x: torch.Tensor, Q: torch.Tensor, path: str) -> torch.Tensor:
+        """``x B W^T (+ bias unless scaled)`` by ``path``."""
+        W, bias = self.base.weight, self.base.bias
+        bias_in = bias if self.s is None else None  # with a scale, bias is added after scaling
+        if path == "dense":
+            dense = torch.block_diag(*Q.unbind(0)).to(W.dtype)  # (in, in)
+            return F.linear(x, W @ dense.T, bias_in)
+        if W.requires_grad:  # base weight unfrozen by the user: let autograd do everything
+            return oft_linear_forward(x, W, Q.to(compute_dtype(x)), bias_in, path == "input")
+        return (RotatedInput if path == "input" else RotatedWeight).apply(x, W, Q, bias_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        W, bias = self.base.weight, self.base.bias
         Q = self.rotation()
-        path = self.choose_path(x)
-        bias_in = bias if self.s is None else None  # with a scale, bias is added after scaling
-        if path == "weight" and not W.requires_grad:
-            y = _WeightCentricLinear.apply(x, W, Q, bias_in)
-        elif path == "dense":
-            dense = torch.block_diag(*Q.unbind(0)).to(W.dtype)  # (in, in)
-            y = F.linear(x, W @ dense.T, bias_in)
-        elif path == "weight":  # base weight unfrozen by the user: let autograd do everything
-            y = F.linear(x, rotate_rows(W, Q.to(W.dtype)), bias_in)
-        else:
-            xr = rotate_rows(x, Q.to(_compute_dtype(x)), transpose=False)  # x B, block by block
-            y = F.linear(xr, W, bias_in)
-        if self.s is not None:
-            y = y * self.s.to(y.dtype)
-            if bias is not None:
-                y = y + bias.to(y.dtype)
-        return y
+        y = self._linear(x, Q, self.choose_path(x, Q))
+        if self.s is None:
+            return y
+        y = y * self.s.to(y.dtype)
+        bias = self.base.bias
+        return y if bias is None else y + bias.to(y.dtype)
 
 
 class OFTConv2d(OFTLayer):
@@ -220,9 +198,8 @@ class OFTConv2d(OFTLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
-        W = rotate_rows(self._flat_weight().float(), self.rotation())
-        if self.s is not None:
-            W = W * self.s[:, None]
-        W = W.reshape(self.base.weight.shape).to(_compute_dtype(x))
+        dtype = compute_dtype(x)
+        W = self._rotated_flat().reshape(self.base.weight.shape).to(dtype)
         bias = self.base.bias
-        return self.base._conv_forward(x, W, None if bias is None else bias.to(W.dtype))
+        with no_autocast(x):
+            return self.base._conv_forward(x.to(dtype), W, None if bias is None else bias.to(dtype))

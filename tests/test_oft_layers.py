@@ -177,10 +177,13 @@ def test_paths_agree_in_outputs_and_gradients(tokens):
             assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_auto_picks_the_cheaper_path():
-    layer = ol.OFTLinear(nn.Linear(32, 64), r=4)
-    assert layer.choose_path(torch.randn(2, 100, 32)) == "weight"  # out 64 <= 200 tokens: rotate W
-    assert layer.choose_path(torch.randn(2, 10, 32)) == "input"  # out 64 > 20 tokens: rotate x
+def test_auto_picks_the_cheaper_path_where_the_flop_count_is_clear():
+    layer = ol.OFTLinear(nn.Linear(32, 64), r=4)  # training: rotating W costs out + N, rotating x 3N
+    assert layer.choose_path(torch.randn(2, 100, 32)) == "weight"  # 264 vs 600
+    assert layer.choose_path(torch.randn(2, 5, 32)) == "input"  # 74 vs 30
+    with torch.no_grad():  # inference: out vs N
+        assert layer.choose_path(torch.randn(2, 100, 32)) == "weight"  # 64 vs 200
+        assert layer.choose_path(torch.randn(2, 10, 32)) == "input"  # 64 vs 20
 
 
 @pytest.mark.parametrize("path", ["weight", "input"])

@@ -108,6 +108,9 @@ class ControlOFT(L.LightningModule):
         keep = set(self.trainable_names())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["oft_control"] = self._identity()
+        checkpoint["oft_path_cache"] = (
+            oft_layers.path_cache()
+        )  # a resumed run computes (and rounds) the same way
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
@@ -127,6 +130,7 @@ class ControlOFT(L.LightningModule):
         missing = set(self.trainable_names()) - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"{where} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]})")
+        oft_layers.load_path_cache(checkpoint.get("oft_path_cache", {}))
 
     def export(self, path: str | os.PathLike, **extra: object) -> None:
         """Write the trained control model (adapter + hint encoder, base referenced) for inference/post-fitting."""

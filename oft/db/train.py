@@ -177,6 +177,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
         "meta": meta,
+        "oft_path_cache": oft_layers.path_cache(),  # a resumed run computes (and rounds) the same way
     }
     torch.save(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -366,6 +367,7 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
         oft_layers.load_adapter(unet, checkpoint / ADAPTER_NAME)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
+        oft_layers.load_path_cache(state.get("oft_path_cache", {}))
         start = state["step"]
         logger.info("resumed from %s at step %d", checkpoint, start)
     elif cfg.resume_from_checkpoint:
