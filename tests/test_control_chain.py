@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from control_helpers import REPO, initial_model, load_script, tiny_sd_file
+from numerics import tol
 
 import oft_layers
 from oft.control.checkpoint import load_control
@@ -71,6 +72,17 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "base": base, "ini": ini}
 
 
+@pytest.fixture
+def flop_rule_paths(monkeypatch):
+    """OFT forwards chosen by the FLOP rule, here and in spawned workers: timing could pick the other (equally
+    exact) forward in one process and not in another, and so another rounding."""
+    monkeypatch.setenv("OFT_PATH_POLICY", "flops")
+    previous = oft_layers.get_path_policy()
+    oft_layers.set_path_policy("flops")
+    yield
+    oft_layers.set_path_policy(previous)
+
+
 def run_train(chain, out: str, *extra: str) -> Path:
     return train.main(
         train.parse_args(
@@ -80,7 +92,8 @@ def run_train(chain, out: str, *extra: str) -> Path:
 
 
 @pytest.mark.slow
-def test_train_resume_postfit_and_sample(chain):
+@pytest.mark.numerics
+def test_train_resume_postfit_and_sample(chain, flop_rule_paths):
     root = chain["root"]
     # --- uninterrupted: 2 steps (2 epochs of 1 batch), last.ckpt every step
     final = run_train(chain, "a", "--max_steps", "2", "--sample_every", "2", "--sample_steps", "1")
@@ -100,7 +113,9 @@ def test_train_resume_postfit_and_sample(chain):
     assert trained.meta["task"] == "synthetic" and trained.meta["global_step"] == "2"
     for name, layer in oft_layers.oft_modules(trained.sd.unet):
         norms = torch.linalg.matrix_norm(layer.R, ord="fro")
-        assert norms.max() > 0 and (norms <= layer.config.radius(layer.block_size) * (1 + 1e-5)).all(), name
+        # inside the ball up to the rounding of a norm of b² entries (computed to project, and here)
+        slack = 1 + tol(torch.float32, 2 * layer.block_size**2, worst_case=True)["rtol"]
+        assert norms.max() > 0 and (norms <= layer.config.radius(layer.block_size) * slack).all(), name
     assert torch.count_nonzero(trained.hint.zero_conv.weight) > 0
     assert (root / "a/logs/csv/version_0/metrics.csv").is_file()
 
@@ -110,8 +125,8 @@ def test_train_resume_postfit_and_sample(chain):
     resumed = run_train(chain, "b", "--max_steps", "2", "--resume", "auto")
     assert torch.load(root / "b/checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
     expected = rotations(final)
-    for key, value in rotations(resumed).items():
-        torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=key)
+    for key, value in rotations(resumed).items():  # exact: one process, the same kernels and thread count
+        assert torch.equal(value, expected[key]), key
 
     # --- magnitude post-fitting: R frozen, only the scales move
     fitted = norm.main(norm.parse_args([*TRAIN, "--output_dir", str(root / "a"), "--max_steps", "1"]))
@@ -124,7 +139,8 @@ def test_train_resume_postfit_and_sample(chain):
         assert torch.equal(a.R, b.R), name
     assert torch.equal(post.hint.zero_conv.weight, trained.hint.zero_conv.weight)
 
-    # --- sampling: 2 CPU workers over all chunks == the two chunks run one by one (--img_ID 0, 1)
+    # --- sampling: 2 CPU workers over all chunks == the two chunks run one by one (--img_ID 0, 1), byte for
+    # byte: every process runs the same kernels with --threads 1 and the FLOP rule's OFT forwards
     parallel = sampler.main(
         sampler.parse_args(
             [*SAMPLE, "--output_dir", str(root / "a"), "--workers", "2", "--out_dir", str(root / "par")]

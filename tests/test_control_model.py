@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from control_helpers import initial_model, tiny_sd_file
+from numerics import network_terms, tol
 
 import oft_layers
 from oft.control.data import SyntheticDataset, collate
@@ -28,6 +29,7 @@ def batch():
     return collate([SyntheticDataset("train", 2, 32)[i] for i in range(2)])
 
 
+@pytest.mark.numerics
 def test_step_zero_is_the_base_model_and_the_loss_is_eps_mse(files, batch):
     base, ini = files
     module, plain = ControlOFT(ini), load_sd(base)
@@ -36,7 +38,11 @@ def test_step_zero_is_the_base_model_and_the_loss_is_eps_mse(files, batch):
     ctx = sd.encode_prompts(batch["txt"])
     with add_to_conv_in(module.unet, module.hint(batch["hint"])):
         out = module.unet(x, t, encoder_hidden_states=ctx).sample
-    assert torch.allclose(out, plain.unet(x, t, encoder_hidden_states=ctx).sample, atol=1e-6)
+    # R = 0 rotates by exactly I and the zero conv adds exact zeros, but the wrapped layers may reach the same
+    # sums through other kernels: equal up to the UNet's rounding
+    expected = plain.unet(x, t, encoder_hidden_states=ctx).sample
+    unet_terms = network_terms(plain.unet)
+    torch.testing.assert_close(out, expected, **tol(torch.float32, unet_terms, scale=expected.abs().max()))
     # the loss by hand, with the draws of the same generator
     gen = step_generator(0, 3, 0, torch.device("cpu"))
     loss = module.loss(batch, gen)
@@ -45,7 +51,7 @@ def test_step_zero_is_the_base_model_and_the_loss_is_eps_mse(files, batch):
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, 1000, (2,), generator=gen)
     pred = plain.unet(sd.noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=ctx).sample
-    assert torch.allclose(loss, F.mse_loss(pred, noise), atol=1e-6)
+    torch.testing.assert_close(loss, F.mse_loss(pred, noise), **tol(torch.float32, unet_terms + pred.numel()))
     loss.backward()
     assert module.hint.zero_conv.weight.grad.abs().max() > 0  # the zero conv learns first ...
     assert all(layer.R.grad.abs().max() > 0 for _, layer in oft_layers.oft_modules(module.unet))  # ... and R
@@ -69,6 +75,7 @@ def test_timestep_range_narrows_the_training_timesteps(files, batch, monkeypatch
             ControlOFT(files[1], timestep_range=bad)
 
 
+@pytest.mark.numerics
 def test_gradient_checkpointing_changes_nothing_but_memory(files, batch):
     grads = []
     for checkpointing in (False, True):
@@ -78,9 +85,11 @@ def test_gradient_checkpointing_changes_nothing_but_memory(files, batch):
         loss = module.loss(batch, step_generator(0, 0, 0, torch.device("cpu")))
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.requires_grad]))
-    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    # exact: checkpointing recomputes the same forward with the same kernels in this process, and every
+    # parameter gets its gradient from one use, so nothing is summed in another order
+    assert torch.equal(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+        assert torch.equal(a, b)
 
 
 def test_bf16_autocast_keeps_rotations_float32(files, batch):
@@ -92,6 +101,7 @@ def test_bf16_autocast_keeps_rotations_float32(files, batch):
     assert torch.isfinite(loss) and layer.R.dtype == torch.float32 and layer.R.grad.dtype == torch.float32
 
 
+@pytest.mark.numerics
 def test_optimizer_projects_after_each_step_and_magnitude_stage_trains_only_scales(files, batch):
     module = ControlOFT(files[1], lr=1.0)  # a huge step: every block leaves the eps-ball before projection
     opt = module.configure_optimizers()
@@ -99,7 +109,11 @@ def test_optimizer_projects_after_each_step_and_magnitude_stage_trains_only_scal
     opt.step()
     for _, layer in oft_layers.oft_modules(module.unet):
         norms = torch.linalg.matrix_norm(layer.R, ord="fro")
-        assert torch.allclose(norms, torch.full_like(norms, layer.config.radius(layer.block_size)), rtol=1e-5)
+        radius = torch.full_like(norms, layer.config.radius(layer.block_size))
+        # on the sphere up to the rounding of a norm of b² entries (computed twice: to project, and here)
+        torch.testing.assert_close(
+            norms, radius, **tol(torch.float32, 2 * layer.block_size**2, worst_case=True)
+        )
     names = ControlOFT(files[1], stage="magnitude").trainable_names()
     assert names and all(n.endswith(".s") for n in names)
     with pytest.raises(ValueError, match="stage must be one of"):

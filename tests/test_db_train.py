@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from numerics import EFFECT, network_terms, tol
 from PIL import Image
 
 import oft.db.train as train_mod
@@ -20,7 +21,7 @@ from oft.db.train import TrainConfig
 from oft.sd import build_sd, load_sd
 from oft.sd.convert import save_single_file
 from tests.test_db_benchmark import BUILTIN, load_script, write_prompts_file
-from tests.test_metrics_subject import tiny_metrics
+from tests.test_metrics_subject import metric_approx, tiny_metrics
 
 RUN = 160  # subject 6 (cat, live prompts), prompt 10: "a qwe cat wearing a red hat"
 TINY = [
@@ -72,6 +73,7 @@ def full_run(setup):
     return adapter
 
 
+@pytest.mark.numerics
 def test_training_outputs(setup, full_run):
     root, _, _ = setup
     run_dir = full_run.parent
@@ -91,13 +93,16 @@ def test_training_outputs(setup, full_run):
         len(R) == 32 and meta["coft"] == "true" and meta["validation_prompt"] == "a qwe cat wearing a red hat"
     )
     assert all(v.abs().max() > 0 for v in R.values())  # every layer moved from identity
-    # COFT: every block inside its Frobenius ball eps*b^2/sqrt(r) (b = in/4)
+    # COFT: every block inside its Frobenius ball eps*b^2/sqrt(r) (b = in/4), up to the rounding of a norm of
+    # b² entries (computed to project, and here)
     for v in R.values():
         b = v.shape[-1]
-        assert torch.linalg.matrix_norm(v).max() <= 6e-5 * b * b / 2 * (1 + 1e-5)
+        slack = 1 + tol(torch.float32, 2 * b * b, worst_case=True)["rtol"]
+        assert torch.linalg.matrix_norm(v).max() <= 6e-5 * b * b / 2 * slack
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     # the adapter reloaded into the plain base model reproduces the last in-training validation images exactly
+    # (one process: the same rotations, inputs and kernels)
     for name in ("00.png", "01.png"):
         a = np.asarray(Image.open(run_dir / "validation" / "step-000004" / name))
         b = np.asarray(Image.open(run_dir / "validation" / "final" / name))
@@ -105,6 +110,7 @@ def test_training_outputs(setup, full_run):
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-000002", "checkpoint-000004"]
 
 
+@pytest.mark.numerics
 def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
     root, _, common = setup
     script = load_script("train_dreambooth_oft")
@@ -140,8 +146,8 @@ def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
     assert script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"])) == adapter
     assert adapter.stat().st_mtime_ns == stamp  # a re-submitted finished job does nothing
     final, reference = read_R(adapter), read_R(full_run)
-    for k in reference:
-        assert torch.allclose(final[k], reference[k], atol=1e-7, rtol=1e-5), k  # resumed == uninterrupted
+    for k in reference:  # resumed == uninterrupted, exactly: one process, the same kernels and thread count
+        assert torch.equal(final[k], reference[k]), k
 
 
 def test_resume_refuses_another_base(setup, full_run, tmp_path):
@@ -167,6 +173,7 @@ def test_resume_refuses_another_base(setup, full_run, tmp_path):
         script.main(args)
 
 
+@pytest.mark.numerics
 def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path):
     _, ckpt, _ = setup
     from diffusers import StableDiffusionPipeline
@@ -202,7 +209,11 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
     base = load_sd(ckpt)
     with torch.no_grad():
         ya, ym, yb = (m.unet(x, t, ctx).sample for m in (adapted, merged, base))
-    assert torch.allclose(ya, ym, atol=1e-5) and not torch.allclose(ya, yb, atol=1e-4)
+    # merged weights W·blockdiag(Q)ᵀ are rounded once, the unmerged layer rounds on the fly: equal up to the
+    # UNet's rounding; the adapter's own effect is far larger
+    same = tol(torch.float32, network_terms(base.unet), scale=ya.abs().max())
+    torch.testing.assert_close(ya, ym, **same)
+    assert (ya - yb).abs().max() > EFFECT * same["atol"]
 
     # pipeline level: generate.py (adapter in a StableDiffusionPipeline) == the merged folder opened by diffusers
     gen = load_script("generate")
@@ -237,9 +248,12 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
         output_type="np",
     ).images[0]
     ours = np.asarray(Image.open(paths[0])).astype(int)
+    # two float32 pipelines (unmerged vs merged) agree to ~1e-4, far below one 8-bit level (4e-3), so a pixel
+    # can round to the neighbouring level but never further
     assert np.abs(ours - np.round(img * 255).astype(int)).max() <= 1
 
 
+@pytest.mark.numerics
 def test_evaluation_of_the_trained_run(setup, full_run):
     root, _, _ = setup
     evaluate = load_script("eval_ablation")
@@ -253,16 +267,14 @@ def test_evaluation_of_the_trained_run(setup, full_run):
     real = [Image.open(p).convert("RGB") for p in list_images(root / "data" / "dreambooth" / "cat")]
     gen = [Image.open(p).convert("RGB") for p in list_images(full_run.parent / "validation" / "step-000004")]
     direct = metrics.evaluate(real, gen, "a cat wearing a red hat")
-    assert row == pytest.approx(
-        {**direct, "subject": "cat", "prompt_index": 10, "prompt": "a cat wearing a red hat"}
-    )
-    assert (
-        results["subjects"]["cat"]["dino"] == pytest.approx(row["dino"]) and results["overall"]["runs"] == 1
-    )
+    assert row.keys() == {*direct, "subject", "prompt_index", "prompt"}
+    assert {k: row[k] for k in direct} == metric_approx(metrics, direct)
+    assert (row["subject"], row["prompt_index"], row["prompt"]) == ("cat", 10, "a cat wearing a red hat")
+    assert results["subjects"]["cat"]["dino"] == metric_approx(metrics, row["dino"])
+    assert results["overall"]["runs"] == 1
     out = root / "full" / "results-step4-prompts10_11"
-    assert json.loads(out.with_suffix(".json").read_text())["overall"]["clip_t"] == pytest.approx(
-        row["clip_t"]
-    )
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["overall"]["clip_t"] == metric_approx(metrics, row["clip_t"])
     md = out.with_suffix(".md").read_text()
     assert "| cat | 1 |" in md and "LPIPS (diversity)" in md and "| OFT |" in md
 
@@ -273,9 +285,11 @@ def test_evaluation_of_the_trained_run(setup, full_run):
     assert evaluate.main(args, metrics=NoNetworks())["runs"] == results["runs"]
     with_token = evaluate.main(evaluate.parse_args([*argv, "--clip_t_prompt", "validation"]), metrics=metrics)
     row_v = with_token["runs"]["cat-10"]
-    assert row_v["prompt"] == "a qwe cat wearing a red hat" and row_v["dino"] == pytest.approx(row["dino"])
-    assert row_v["clip_t"] == pytest.approx(
-        metrics.evaluate(real, gen, "a qwe cat wearing a red hat")["clip_t"]
+    assert row_v["prompt"] == "a qwe cat wearing a red hat" and row_v["dino"] == metric_approx(
+        metrics, row["dino"]
+    )
+    assert row_v["clip_t"] == metric_approx(
+        metrics, metrics.evaluate(real, gen, "a qwe cat wearing a red hat")["clip_t"]
     )
 
 

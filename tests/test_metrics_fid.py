@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from unittest import mock
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from metrics_helpers import load_script, save
+from numerics import tol
 from pytorch_fid import inception
 from pytorch_fid.fid_score import ImagePathDataset
 
@@ -27,17 +29,40 @@ def rotation(theta: float) -> np.ndarray:
     return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
 
 
+def fid_rounding_bound(sigma1: np.ndarray, sigma2: np.ndarray, cond: float = 1.0) -> float:
+    """How far rounding alone can move a float64 FID of n-dimensional statistics from its exact value.
+
+    ``sqrtm`` works on P = fl(S1 S2) = S1 S2 + E, ‖E‖ ≤ δ = γ_n ‖S1‖‖S2‖ (n-term dot products; the Schur method
+    leaves a residual of the same order). S1 S2 is similar to the symmetric S1^½ S2 S1^½, so each eigenvalue
+    μ ≥ 0 moves by at most δ·cond(S1)^½ (Weyl; ``cond`` = 1 for identical or commuting statistics, where the
+    product is symmetric), and its square root by at most the square root of that: |√(μ+δ) - √μ| ≤ √δ, reached at
+    μ = 0, i.e. for the rank-deficient covariances of fewer samples than dimensions or of equal features, where
+    machines differ most (-1.3e-9 instead of 0 on one CPU). FID = Tr S1 + Tr S2 - 2 Σ √μ: |error| ≤ 2 n √δ plus
+    the traces' rounding. Far from tight for well-conditioned statistics, but machine-independent, and a real
+    bug moves FID by O(Tr S).
+    """
+    n = len(sigma1)
+    delta = tol(
+        torch.float64, n, worst_case=True, scale=np.linalg.norm(sigma1, 2) * np.linalg.norm(sigma2, 2)
+    )
+    traces = tol(torch.float64, n, worst_case=True, scale=np.trace(sigma1) + np.trace(sigma2))
+    return 2 * n * math.sqrt(delta["atol"] * math.sqrt(cond)) + traces["atol"]
+
+
+@pytest.mark.numerics
 def test_frechet_distance_closed_forms():
     rng = np.random.default_rng(0)
     mu, sigma = feature_statistics(rng.normal(size=(200, 6)))
-    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-9)
-    # 1-D: (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=fid_rounding_bound(sigma, sigma))
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2; every intermediate is a small integer, exact in float64 on any machine
     assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-2.0]), np.array([[1.0]])) == 10.0
     # commuting covariances R diag(4, 9) R^T and R diag(1, 16) R^T: sqrt(S1 S2) = R diag(2, 12) R^T
     r = rotation(0.3)
     s1, s2 = r @ np.diag([4.0, 9.0]) @ r.T, r @ np.diag([1.0, 16.0]) @ r.T
     mu1, mu2 = np.array([1.0, 2.0]), np.array([0.0, 0.0])
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(5 + 4 + 9 + 1 + 16 - 2 * (2 + 12))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        5 + 4 + 9 + 1 + 16 - 2 * (2 + 12), abs=fid_rounding_bound(s1, s2)
+    )
     # general SPD pair: Tr(S1 + S2 - 2 (S1^½ S2 S1^½)^½) computed independently with eigh
     a, b = rng.normal(size=(2, 5, 5))
     s1, s2 = a @ a.T + np.eye(5), b @ b.T + np.eye(5)
@@ -45,11 +70,12 @@ def test_frechet_distance_closed_forms():
     half = v @ np.diag(np.sqrt(w)) @ v.T
     inner = np.linalg.eigvalsh(half @ s2 @ half)
     assert frechet_distance(np.zeros(5), s1, np.zeros(5), s2) == pytest.approx(
-        np.trace(s1) + np.trace(s2) - 2 * np.sqrt(inner).sum()
+        np.trace(s1) + np.trace(s2) - 2 * np.sqrt(inner).sum(),
+        abs=fid_rounding_bound(s1, s2, np.linalg.cond(s1)),
     )
     # fewer samples than dimensions: singular covariances, still 0 for identical sets
     mu, sigma = feature_statistics(rng.normal(size=(4, 32)))
-    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-5)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=fid_rounding_bound(sigma, sigma))
     with pytest.raises(ValueError, match="at least 2"):
         feature_statistics(np.zeros((1, 3)))
 
@@ -113,21 +139,30 @@ def test_inception_loads_from_a_local_file_or_names_the_download(tmp_path, monke
         load_inception()
 
 
+@pytest.mark.numerics
 def test_eval_fid_script_with_a_known_feature_extractor(tmp_path, monkeypatch, capsys):
     # features = mean colour / 255: targets grey levels 0, 51, 102; sample 0 the same; sample 1 shifted by 51
-    for i, level in enumerate((0, 51, 102)):
+    levels = (0, 51, 102)
+    for i, level in enumerate(levels):
         save(tmp_path / "source" / f"image_{i}.png", np.full((4, 4, 3), level, np.uint8))
         save(tmp_path / "results" / f"result_{i}_0.png", np.full((4, 4, 3), level, np.uint8))
         save(tmp_path / "results" / f"result_{i}_1.png", np.full((4, 4, 3), level + 51, np.uint8))
     script = load_script("eval_fid")
     monkeypatch.setattr(script, "load_inception", lambda path, device: MeanColour())
     report = script.main(script.parse_args([str(tmp_path)]))
-    assert report["fid"] == pytest.approx(0, abs=1e-9) and (report["generated"], report["real"]) == (3, 3)
-    assert json.loads((tmp_path / "eval_fid.json").read_text())["fid"] == pytest.approx(0, abs=1e-9)
+    # equal features in all 3 dimensions: a rank-1 covariance, the worst case of fid_rounding_bound
+    sigma = feature_statistics(np.array([[level / 255] * 3 for level in levels]))[1]
+    zero = pytest.approx(0, abs=fid_rounding_bound(sigma, sigma))
+    assert report["fid"] == zero and (report["generated"], report["real"]) == (3, 3)
+    assert json.loads((tmp_path / "eval_fid.json").read_text())["fid"] == zero
     assert "FID" in capsys.readouterr().out
-    # a pure shift of the mean by 0.2 in all 3 features: FID = 3 * 0.2^2
+    # a pure shift of the mean by 0.2 in all 3 features: FID = Σ Δ² = 3 * 0.2^2, up to FID's rounding and the
+    # float32 features (means of 16 pixels ≤ 0.6, each within γ_16·0.6 of level/255, so each Δ within twice that)
+    feature_error = tol(torch.float32, 16, worst_case=True, scale=0.6)["atol"]
     shifted = script.main(script.parse_args([str(tmp_path), "--sample-index", "1"]))
-    assert shifted["fid"] == pytest.approx(3 * 0.2**2)
+    assert shifted["fid"] == pytest.approx(
+        3 * 0.2**2, abs=2 * 3 * 0.2 * 2 * feature_error + fid_rounding_bound(sigma, sigma)
+    )
     # every sample against a real folder
     every = script.main(
         script.parse_args([str(tmp_path), "--all-samples", "--real", str(tmp_path / "source")])
