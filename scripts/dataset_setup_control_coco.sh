@@ -4,5 +4,7 @@
 # Resumable and deterministic; --help lists the options. All logic lives in scripts/prepare_coco.py.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" "$here/prepare_coco.py" "$@"
+# shellcheck source-path=SCRIPTDIR source=_python.sh
+source "$here/_python.sh"
+oft_python numpy cv2 tqdm   # sets OFT_PYTHON (chosen in _python.sh), or exits with one line
+exec "$OFT_PYTHON" "$here/prepare_coco.py" "$@"

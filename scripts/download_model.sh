@@ -4,5 +4,7 @@
 # Resumable and idempotent; --help lists the options. All logic lives in scripts/setup_data.py.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" "$here/setup_data.py" sd15 "$@"
+# shellcheck source-path=SCRIPTDIR source=_python.sh
+source "$here/_python.sh"
+oft_python tqdm   # sets OFT_PYTHON (chosen in _python.sh), or exits with one line
+exec "$OFT_PYTHON" "$here/setup_data.py" sd15 "$@"
