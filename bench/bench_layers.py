@@ -1,7 +1,13 @@
-"""Layer-level cost of OFT at Stable Diffusion 1.5 shapes: forward+backward time and saved activation memory.
+"""Layer-level cost of OFT at Stable Diffusion 1.5 shapes: forward+backward time as a ratio to the frozen layer.
 
-Every variant of one shape is timed in the same process, round-robin, so the ratios to the frozen layer are
-comparable even on a noisy machine. Run: ``make bench`` or ``python bench/bench_layers.py --help``.
+Each shape runs in a child process with a timeout. Inside it every variant is timed once per round, in a fresh
+random order, and divided by the frozen layer's time of the same round; rounds go on until every ratio's 95 %
+bootstrap interval is within +-2 % (or a round/time budget is spent). A duplicate of the frozen layer is the
+control: its ratio must read 1.00. PEFT's OFT with its exact Cayley solve runs in a child of its own, because
+batched LU on CPU can hang (PyTorch issue 142815, SPEC §8); if it does, its row says "skipped".
+
+Run: ``make bench`` or ``python bench/bench_layers.py --help``; ``MKL_ENABLE_INSTRUCTIONS=AVX2 ...`` (or ``--mkl
+AVX2``) measures with GEMM kernels one level below an AVX-512 machine's best.
 """
 
 from __future__ import annotations
@@ -9,16 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import statistics
-import time
-from datetime import date
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from oft.data.files import atomic_write_bytes, atomic_write_json
+from oft.timing import busy_warning, describe, interleaved, machine_info, run_child
 from oft_layers import OFTLinear
 
 # (name, in, out, tokens): SD1.5 at 512 px, batch 2 (64x64, 32x32, 16x16 latents; 77 text tokens)
@@ -30,41 +32,50 @@ SHAPES = [
     ("text k/v 768->1280 @ 2x77", 768, 1280, 2 * 77),
     ("GEGLU 320->2560 @ 2x4096", 320, 2560, 2 * 4096),
 ]
+BASELINE, CONTROL = "frozen Linear", "frozen Linear (control copy)"
+OURS = ("OFT weight-centric", "OFT input-centric")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class LoRALinear(nn.Module):
-    """Rank-r LoRA of a frozen Linear (``y = base(x) + B A x``), the usual baseline; used when peft is absent."""
-
-    def __init__(self, base: nn.Linear, rank: int = 4) -> None:
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        self.A = nn.Parameter(torch.randn(rank, base.in_features) / base.in_features**0.5)
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.A.T) @ self.B.T
+def _perturb(module: nn.Module, std: float = 1e-3) -> nn.Module:
+    """Trained-looking adapter parameters (not the identity); timing does not depend on them otherwise."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.normal_(0, std)
+    return module
 
 
-def variants(base: nn.Linear, r: int) -> dict[str, nn.Module]:
-    """The layers compared for one shape, each with its own trainable parameters and a frozen copy of W."""
+def _peft_layer(base: nn.Linear, config) -> nn.Module:
+    import peft
+
+    seq = nn.Sequential(copy.deepcopy(base))
+    peft.inject_adapter_in_model(config, seq)
+    return _perturb(seq[0])  # the adapted layer itself, without a PeftModel wrapper's Python overhead
+
+
+def variants(base: nn.Linear, r: int, group: str) -> dict[str, nn.Module]:
+    """The layers timed together: ``group`` "main" (ours, the reference-style rebuild, PEFT's safe settings)
+    or "peft-exact" (PEFT's OFT with its exact, batched Cayley solve, which may hang on CPU)."""
     frozen = copy.deepcopy(base).requires_grad_(False)
-    out: dict[str, nn.Module] = {"frozen Linear": frozen}
-    for path, label in [("auto", "OFT auto"), ("weight", "OFT weight-centric"), ("input", "OFT input-centric"),
-                        ("dense", "reference-style dense")]:
-        layer = OFTLinear(copy.deepcopy(base), r=r, path=path)
-        with torch.no_grad():
-            layer.R.normal_(0, 1e-3)  # a trained-looking rotation, not the identity
-        out[label] = layer
-    try:
+    out: dict[str, nn.Module] = {BASELINE: frozen}
+    if group == "peft-exact":
         import peft
 
-        seq = nn.Sequential(copy.deepcopy(base))
-        out["PEFT LoRA r=4"] = peft.get_peft_model(seq, peft.LoraConfig(r=4, target_modules=["0"]))
-        seq = nn.Sequential(copy.deepcopy(base))
-        oft = peft.OFTConfig(r=r, oft_block_size=0, target_modules=["0"], use_cayley_neumann=False)
-        out[f"PEFT OFT r={r}"] = peft.get_peft_model(seq, oft)
+        cfg = peft.OFTConfig(r=r, oft_block_size=0, target_modules=["0"], use_cayley_neumann=False)
+        out[f"PEFT OFT r={r} exact Cayley"] = _peft_layer(base, cfg)
+        return out
+    out[CONTROL] = copy.deepcopy(frozen)
+    for path, label in [("auto", "OFT auto"), ("weight", OURS[0]), ("input", OURS[1]),
+                        ("dense", "reference-style dense")]:  # fmt: skip
+        out[label] = _perturb(OFTLinear(copy.deepcopy(base), r=r, path=path))
+    try:
+        import peft
     except ImportError:
-        out["LoRA r=4"] = LoRALinear(copy.deepcopy(base))
+        return out
+    out["PEFT LoRA r=4"] = _peft_layer(base, peft.LoraConfig(r=4, target_modules=["0"]))
+    cfg = peft.OFTConfig(r=r, oft_block_size=0, target_modules=["0"])  # PEFT's default: Cayley-Neumann
+    out[f"PEFT OFT r={r} Neumann"] = _peft_layer(base, cfg)
     return out
 
 
@@ -82,69 +93,149 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def step(module: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> None:
-    module.zero_grad(set_to_none=True)
-    x.grad = None
-    module(x).backward(gy)
-
-
-def bench_shape(name, d_in, d_out, tokens, r, repeats, device) -> list[dict]:
+def child(args: argparse.Namespace) -> dict:
+    """Time one shape's group of variants in this process; the JSON result the parent reads."""
+    torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    name, d_in, d_out, tokens = SHAPES[args.child]
     torch.manual_seed(0)
-    base = nn.Linear(d_in, d_out).to(device)
-    layers = {k: v.to(device) for k, v in variants(base, r).items()}
-    x = torch.randn(tokens, d_in, device=device, requires_grad=True)  # the input of a layer deep in a network
-    gy = torch.randn(tokens, d_out, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {k: [] for k in layers}
-    for _ in range(2):  # warm-up
-        for layer in layers.values():
-            step(layer, x, gy)
-    for _ in range(repeats):
-        for key, layer in layers.items():
-            sync()
-            t0 = time.perf_counter()
-            step(layer, x, gy)
-            sync()
-            times[key].append(time.perf_counter() - t0)
-    frozen = statistics.median(times["frozen Linear"])
+    base = nn.Linear(d_in, d_out).to(device, dtype)
+    layers = {k: v.to(device) for k, v in variants(base, args.r, args.group).items()}
+    x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)  # deep in a network
+    gy = torch.randn(tokens, d_out, device=device, dtype=dtype)
+
+    def step(layer: nn.Module):
+        def run():
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            layer(x).backward(gy)
+
+        return run
+
+    res = interleaved({k: step(m) for k, m in layers.items()}, BASELINE, device, min_rounds=args.min_rounds,
+                      max_rounds=args.max_rounds, budget_s=args.budget_s, seed=args.child)  # fmt: skip
     rows = []
     for key, layer in layers.items():
-        med = statistics.median(times[key])
-        rows.append({"shape": name, "variant": key, "median_ms": med * 1e3, "ratio_to_frozen": med / frozen,
-                     "saved_MiB": saved_bytes(layer, x) / 2**20})
-    return rows
+        med, lo, hi = res["ratio"][key]
+        times = sorted(res["times_s"][key])
+        row = {"variant": key, "ratio": med, "lo": lo, "hi": hi, "median_ms": times[len(times) // 2] * 1e3,
+               "saved_MiB": saved_bytes(layer, x) / 2**20}  # fmt: skip
+        if key == "OFT auto":
+            row["resolves_to"] = layer.choose_path(x)
+        rows.append(row)
+    return {"shape": name, "rounds": res["rounds"], "others_cpu": res["others_cpu"], "machine": machine_info(device),
+            "rows": rows}  # fmt: skip
 
 
-def main(argv=None) -> None:
+def checks(shape: dict) -> list[str]:
+    """The claims this benchmark exists to test, read off one shape's rows (empty when all hold)."""
+    by = {row["variant"]: row for row in shape["rows"]}
+    notes = []
+    control = by.get(CONTROL)
+    if control and not control["lo"] <= 1.0 <= control["hi"] and abs(control["ratio"] - 1) > 0.02:
+        notes.append(f"control copy reads {control['ratio']:.3f}: too noisy to read differences of that size")
+    if "OFT auto" in by and all(k in by for k in OURS):
+        best = min(by[k]["ratio"] for k in OURS)
+        if by["OFT auto"]["ratio"] > 1.10 * best:
+            notes.append(
+                f"OFT auto {by['OFT auto']['ratio']:.2f}x is more than 10 % above our best {best:.2f}x"
+            )
+        if "reference-style dense" in by and by["OFT auto"]["ratio"] >= by["reference-style dense"]["ratio"]:
+            notes.append("OFT auto is not faster than the reference-style dense rebuild")
+    return notes
+
+
+def format_table(results: dict) -> str:
+    """A Markdown table: median ratio to the frozen layer with its 95 % interval, time, saved memory."""
+    lines = [
+        f"Machine: {results['machine']}. OFT r={results['r']}, {results['dtype']}, forward+backward with the "
+        "input requiring grad. Ratio = median over rounds of (variant / frozen layer, same round) [95 % "
+        "bootstrap interval]; order randomised each round.",
+        "",
+        "| shape | variant | x frozen [95 % CI] | median ms | saved MiB | rounds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for shape in results["shapes"]:
+        others = shape.get("others_cpu")
+        busy = "" if others is None else f" (others {others:.1%} CPU)"
+        for row in shape["rows"]:
+            if "skipped" in row:
+                lines.append(f"| {shape['shape']} | {row['variant']} | skipped: {row['skipped']} | | | |")
+                continue
+            label = row["variant"] + (f" (→ {row['resolves_to']})" if "resolves_to" in row else "")
+            lines.append(
+                f"| {shape['shape']} | {label} | {row['ratio']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}] | "
+                f"{row['median_ms']:.2f} | {row['saved_MiB']:.1f} | {row.get('rounds', shape['rounds'])}"
+                f"{busy if row['variant'] == BASELINE else ''} |"
+            )
+    notes = [f"- {s['shape']}: {n}" for s in results["shapes"] for n in s.get("notes", [])]
+    return "\n".join(lines + ([""] + notes if notes else ["", "All checks hold (see `checks`)."]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--r", type=int, default=4, help="number of OFT blocks (paper default 4)")
-    p.add_argument("--repeats", type=int, default=15, help="timed repeats per variant (median reported)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="model and activation dtype")
     p.add_argument("--shapes", nargs="*", type=int, help="indices into the shape list (default: all)")
-    p.add_argument("--out", default="bench/results/layers.json", help="where the JSON results go")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
-    machine = (torch.cuda.get_device_name() if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, {args.threads} threads")
-    rows = []
-    print(f"OFT r={args.r}, fp32, forward+backward, median of {args.repeats}; machine: {machine}; {date.today()}")
-    print(f"{'shape':28} {'variant':24} {'ms':>9} {'x frozen':>9} {'saved MiB':>10}")
-    for shape in shapes:
-        for row in bench_shape(*shape, args.r, args.repeats, device):
-            rows.append(row)
-            print(f"{row['shape']:28} {row['variant']:24} {row['median_ms']:9.2f} {row['ratio_to_frozen']:9.2f} "
-                  f"{row['saved_MiB']:10.1f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": machine, "date": str(date.today()), "torch": torch.__version__,
-                               "r": args.r, "rows": rows}, indent=1))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    p.add_argument("--min-rounds", type=int, default=15, help="rounds before the interval may stop the run")
+    p.add_argument("--max-rounds", type=int, default=80, help="at most this many rounds per shape")
+    p.add_argument("--budget-s", type=float, default=60.0, help="stop adding rounds to a shape after this")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="a shape's child is killed after this")
+    p.add_argument("--peft-exact-timeout-s", type=float, default=60.0, help="the same for PEFT's exact OFT")
+    p.add_argument("--mkl", help="set MKL_ENABLE_INSTRUCTIONS in the children (e.g. AVX2)")
+    p.add_argument("--out", default="bench/results/layers.json", help="JSON results (a .md table beside it)")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--group", default="main", choices=["main", "peft-exact"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.child is not None:
+        print(json.dumps(child(args)))
+        return {}
+    env = {"MKL_ENABLE_INSTRUCTIONS": args.mkl} if args.mkl else {}
+    common = ["--r", str(args.r), "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
+              "--min-rounds", str(args.min_rounds), "--max-rounds", str(args.max_rounds),
+              "--budget-s", str(args.budget_s)]  # fmt: skip
+    shapes, machine = [], None
+    indices = args.shapes if args.shapes else range(len(SHAPES))
+    for i in indices:
+        print(f"{SHAPES[i][0]} ...", flush=True)
+        result, why = run_child([__file__, "--child", str(i), *common], args.timeout_s, env)
+        if result is None:
+            shapes.append({"shape": SHAPES[i][0], "rounds": 0, "rows": [{"variant": "all", "skipped": why}]})
+            continue
+        machine = machine or result["machine"]
+        peer, why = run_child([__file__, "--child", str(i), "--group", "peft-exact", *common],
+                              args.peft_exact_timeout_s, env)  # fmt: skip
+        if peer is None:
+            result["rows"].append({"variant": f"PEFT OFT r={args.r} exact Cayley", "skipped": why})
+        else:  # measured against the frozen layer of its own child
+            row = next(r for r in peer["rows"] if r["variant"] != BASELINE)
+            result["rows"].append({**row, "rounds": peer["rounds"]})
+        result["notes"] = checks(result) + [w for w in [busy_warning(result["others_cpu"])] if w]
+        shapes.append(result)
+        for row in result["rows"]:
+            ratio = (
+                f"skipped: {row['skipped']}"
+                if "skipped" in row
+                else (f"{row['ratio']:.2f}x [{row['lo']:.2f}, {row['hi']:.2f}]  {row['median_ms']:.2f} ms")
+            )
+            print(f"  {row['variant']:34} {ratio}", flush=True)
+        for note in result["notes"]:
+            print(f"  ! {note}", flush=True)
+    results = {"machine": describe(machine) if machine else "unknown (every shape failed)",
+               "machine_info": machine, "r": args.r, "dtype": args.dtype, "shapes": shapes}  # fmt: skip
+    table = format_table(results)
+    out = atomic_write_json(args.out, results)
+    atomic_write_bytes(out.with_suffix(".md"), (table + "\n").encode())
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

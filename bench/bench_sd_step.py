@@ -1,51 +1,42 @@
 """Model-level cost of OFT on the SD1.5 UNet: one training step and merged sampling, side by side in one run.
 
 Training step = forward + backward of the SD1.5-architecture UNet (random weights, frozen) at batch 1 and 64x64
-latents (the paper's 512-px training), with trainable adapters on the 144 control targets only:
-OFT r=4 (our automatic path), the same with the reference-style dense rebuild, a rank-4 LoRA and, when ``peft`` is
-installed, PEFT's OFT. Sampling = 20 DDIM steps (``oft.sd.sampling.denoise``) of the OFT model after ``merge``
-against the plain UNet. One UNet is shared: each variant is injected, timed and stripped in turn, round-robin, so
-the ratios are comparable on a noisy machine. Run: ``make bench`` or ``python bench/bench_sd_step.py --help``.
+latents (the paper's 512-px training), with trainable adapters on the 144 control targets only: OFT r=4 (our
+automatic path), the same with the reference-style dense rebuild, PEFT's rank-4 LoRA (the baseline of the
+ratios), a control copy of that baseline, and PEFT's OFT with its default Cayley-Neumann series (its exact
+solve can hang on CPU: PyTorch issue 142815, SPEC §8; ``bench_layers.py`` measures it in a child process).
+Sampling = DDIM steps (``oft.sd.sampling.denoise``) of the OFT model after ``merge`` against the plain UNet.
+One UNet is shared: each variant is injected, timed and stripped in turn; the order is shuffled every round
+and ratios are paired within rounds with bootstrap intervals (``oft.timing``). Run: ``make bench`` or
+``python bench/bench_sd_step.py --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
-import platform
-import re
-import statistics
 import threading
 import time
 from collections.abc import Callable
-from datetime import date
-from pathlib import Path
 
+import peft
 import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
+from oft.data.files import atomic_write_json
 from oft.sd.configs import SCHEDULER, preset_config
 from oft.sd.sampling import denoise, make_scheduler
 from oft.sd.targets import CONTROL_TARGETS
+from oft.timing import busy_warning, describe, interleaved, machine_info
 from oft_layers import inject, merge, oft_modules, strip
 
 ADAPTER_RANK = 4  # OFT blocks and LoRA rank alike
 
 
-def _peft():
-    try:
-        import peft
-
-        return peft
-    except ImportError:
-        return None
-
-
 def _inject_peft(unet: nn.Module, config) -> None:
-    _peft().inject_adapter_in_model(config, unet)
+    peft.inject_adapter_in_model(config, unet)
 
 
 def _strip_peft(unet: nn.Module) -> None:
@@ -65,39 +56,23 @@ def _inject_oft(unet: nn.Module, path: str) -> None:
             layer.R.normal_(0, 1e-3)  # a trained-looking rotation, not the identity
 
 
+BASELINE, CONTROL = "LoRA rank 4 (PEFT)", "LoRA rank 4 (PEFT), control copy"
+
+
 def training_variants() -> dict[str, tuple[Callable[[nn.Module], None], Callable[[nn.Module], None]]]:
     """name -> (inject, strip) on a frozen UNet; every variant trains only its adapter on the control targets."""
-    out = {
+    regex = "|".join(f"(?:{p})" for p in CONTROL_TARGETS)  # PEFT full-matches a string target_modules
+    lora = peft.LoraConfig(
+        r=ADAPTER_RANK, lora_alpha=ADAPTER_RANK, target_modules=regex, init_lora_weights=False
+    )
+    oft = peft.OFTConfig(r=ADAPTER_RANK, oft_block_size=0, target_modules=regex)  # PEFT's default: Neumann
+    return {
         "OFT r=4 (ours, auto path)": (lambda u: _inject_oft(u, "auto"), strip),
         "OFT r=4 reference-style dense": (lambda u: _inject_oft(u, "dense"), strip),
+        BASELINE: (lambda u: _inject_peft(u, lora), _strip_peft),
+        CONTROL: (lambda u: _inject_peft(u, lora), _strip_peft),
+        "PEFT OFT r=4 (Cayley-Neumann)": (lambda u: _inject_peft(u, oft), _strip_peft),
     }
-    peft = _peft()
-    regex = "|".join(f"(?:{p})" for p in CONTROL_TARGETS)  # PEFT full-matches a string target_modules
-    if peft is not None:
-        lora = peft.LoraConfig(
-            r=ADAPTER_RANK, lora_alpha=ADAPTER_RANK, target_modules=regex, init_lora_weights=False
-        )
-        oft = peft.OFTConfig(r=ADAPTER_RANK, oft_block_size=0, target_modules=regex, use_cayley_neumann=False)
-        out["LoRA rank 4 (PEFT)"] = (lambda u: _inject_peft(u, lora), _strip_peft)
-        out["PEFT OFT r=4"] = (lambda u: _inject_peft(u, oft), _strip_peft)
-    else:
-        from bench_layers import LoRALinear  # the sibling benchmark's hand-written LoRA (run as a script)
-
-        def inject_lora(u: nn.Module) -> None:
-            for name in [
-                n for n, m in u.named_modules() if re.fullmatch(regex, n) and isinstance(m, nn.Linear)
-            ]:
-                parent, _, child = name.rpartition(".")
-                setattr(u.get_submodule(parent), child, LoRALinear(u.get_submodule(name), ADAPTER_RANK))
-
-        def strip_lora(u: nn.Module) -> None:
-            for name, module in list(u.named_modules()):
-                if isinstance(module, LoRALinear):
-                    parent, _, child = name.rpartition(".")
-                    setattr(u.get_submodule(parent), child, module.base)
-
-        out["LoRA rank 4"] = (inject_lora, strip_lora)
-    return out
 
 
 def _release_free_memory() -> None:
@@ -158,98 +133,114 @@ def train_step(unet: nn.Module, latents, t, context, noise) -> tuple[float, int]
     return elapsed, saved
 
 
-def bench_training(unet, inputs, warmup: int, repeats: int) -> dict[str, dict]:
-    """Round-robin: each round injects, times one step, strips, for every variant."""
+def bench_training(unet, inputs, args) -> dict:
+    """Shuffled rounds: each variant is injected, one step is timed, the variant is stripped."""
     variants = training_variants()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    peaks: dict[str, float] = {}
-    saved_mib: dict[str, float] = {}
-    trainable: dict[str, int] = {}
-    for round_ in range(warmup + repeats):
-        for name, (add, remove) in variants.items():
+    extra: dict[str, dict] = {name: {"peak_mib": 0.0} for name in variants}
+
+    def timed(name: str) -> Callable[[], float]:
+        add, remove = variants[name]
+
+        def run() -> float:
             add(unet)
-            trainable[name] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+            extra[name]["trainable"] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
             with PeakRSS() as mem:
                 seconds, saved = train_step(unet, *inputs)
-            saved_mib[name] = saved / 2**20
             remove(unet)
-            if round_ >= warmup:
-                times[name].append(seconds)
-                peaks[name] = max(peaks.get(name, 0.0), mem.delta_mib)
+            extra[name]["saved_mib"] = saved / 2**20
+            extra[name]["peak_mib"] = max(extra[name]["peak_mib"], mem.delta_mib)
             # every measurement is logged as it comes, so a run stopped early still leaves its numbers
-            print(
-                f"  round {round_ + 1}/{warmup + repeats} {name}: {seconds:.2f} s, peak RSS +{mem.delta_mib:.0f} MiB, "
-                f"saved for backward {saved_mib[name]:.0f} MiB",
-                flush=True,
-            )
+            print(f"  {name}: {seconds:.2f} s, peak RSS +{mem.delta_mib:.0f} MiB, saved {saved / 2**20:.0f} MiB",
+                  flush=True)  # fmt: skip
+            return seconds
+
+        return run
+
+    res = interleaved({name: timed(name) for name in variants}, BASELINE, torch.device("cpu"),
+                      min_rounds=args.repeats, max_rounds=args.max_repeats, rel_halfwidth=0.03,
+                      budget_s=args.budget_s, warmup=args.warmup, seed=args.seed)  # fmt: skip
     assert not any(p.requires_grad for p in unet.parameters()), "a variant was not stripped"
     return {
-        name: {
-            "median_s": statistics.median(ts),
-            "times_s": ts,
-            "peak_mib": peaks[name],
-            "saved_mib": saved_mib[name],
-            "trainable": trainable[name],
-        }
-        for name, ts in times.items()
+        "rounds": res["rounds"],
+        "others_cpu": res["others_cpu"],
+        "variants": {
+            name: {"ratio": res["ratio"][name], "times_s": res["times_s"][name], **extra[name]}
+            for name in variants
+        },
     }
 
 
-def bench_sampling(unet, context, noise, steps: int, repeats: int) -> dict[str, dict]:
-    """``steps``-step DDIM (no CFG: batch 1) of the plain UNet and of the OFT UNet after merge, alternating."""
+def bench_sampling(unet, context, noise, args) -> dict:
+    """``sample_steps``-step DDIM (no CFG: batch 1) of the plain UNet and of the OFT UNet after merge."""
     scheduler = make_scheduler("ddim", SCHEDULER)
-    times: dict[str, list[float]] = {"plain UNet": [], "OFT r=4 merged": []}
-    for round_ in range(repeats + 1):  # round 0 warms up with a single step
-        for name in times:
-            if name != "plain UNet":
+
+    def timed(merged: bool) -> Callable[[], float]:
+        def run() -> float:
+            if merged:
                 _inject_oft(unet, "auto")
                 merge(unet)
-            scheduler.set_timesteps(steps if round_ else 1)
+            scheduler.set_timesteps(args.sample_steps)
             start = time.perf_counter()
             denoise(unet, scheduler, noise, context, guidance=1.0)
             seconds = time.perf_counter() - start
             strip(unet)
-            if round_:
-                times[name].append(seconds)
-            print(f"  sampling round {round_}/{repeats} {name}: {seconds:.2f} s", flush=True)
-    return {name: {"median_s": statistics.median(ts), "times_s": ts} for name, ts in times.items()}
+            print(f"  sampling {'OFT merged' if merged else 'plain'}: {seconds:.2f} s", flush=True)
+            return seconds
+
+        return run
+
+    variants = {
+        "plain UNet": timed(False),
+        "plain UNet, control copy": timed(False),
+        "OFT r=4 merged": timed(True),
+    }
+    res = interleaved(variants, "plain UNet", torch.device("cpu"), min_rounds=args.sample_repeats,
+                      max_rounds=args.sample_repeats, warmup=1, seed=args.seed)  # fmt: skip
+    return {
+        "rounds": res["rounds"],
+        "others_cpu": res["others_cpu"],
+        "variants": {
+            name: {"ratio": res["ratio"][name], "times_s": res["times_s"][name]} for name in variants
+        },
+    }
+
+
+def _cell(ratio) -> str:
+    med, lo, hi = ratio
+    return f"{med:.2f}x [{lo:.2f}, {hi:.2f}]"
 
 
 def format_results(results: dict) -> str:
-    """Markdown tables of medians and ratios (training to the LoRA step; sampling to the plain UNet)."""
-    lines = [
-        f"Machine: {results['machine']}; torch {results['torch']}, {results['threads']} threads; {results['date']}.",
-        f"Preset {results['preset']}, batch 1, {results['latent']}x{results['latent']} latents.",
-    ]
+    """Markdown tables: median seconds and the ratio (paired by round) with its 95 % interval."""
+    lines = [f"Machine: {results['machine']}.", f"Preset {results['preset']}, batch 1, "
+             f"{results['latent']}x{results['latent']} latents, fp32, adapters on the 144 control targets."]  # fmt: skip
     if "training" in results:
         train = results["training"]
-        lora = next(v["median_s"] for k, v in train.items() if k.startswith("LoRA"))
-        oft = train["OFT r=4 (ours, auto path)"]["median_s"]
         lines += [
             "",
-            f"{results['repeats']} timed rounds after {results['warmup']} warm-up round(s), round-robin (median).",
+            f"{train['rounds']} timed rounds (order shuffled each round) after {results['warmup']} warm-up round(s).",
             "",
-            "| training step (fwd+bwd) | median s | vs LoRA | vs OFT (ours) | peak RSS above base, MiB "
+            "| training step (fwd+bwd) | median s | vs LoRA [95 % CI] | peak RSS above base, MiB "
             "| saved for backward, MiB | trainable numel |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
-        for name, v in train.items():
-            lines.append(
-                f"| {name} | {v['median_s']:.2f} | {v['median_s'] / lora:.2f}x | {v['median_s'] / oft:.2f}x | "
-                f"{v['peak_mib']:.0f} | {v['saved_mib']:.0f} | {v['trainable']:,} |"
-            )
+        for name, v in train["variants"].items():
+            median = sorted(v["times_s"])[len(v["times_s"]) // 2]
+            lines.append(f"| {name} | {median:.2f} | {_cell(v['ratio'])} | {v['peak_mib']:.0f} | "
+                         f"{v['saved_mib']:.0f} | {v['trainable']:,} |")  # fmt: skip
     if "sampling" in results:
         sample = results["sampling"]
-        plain = sample["plain UNet"]["median_s"]
         lines += [
             "",
-            f"| {results['sample_steps']}-step DDIM sampling | median s | vs plain |",
+            f"| {results['sample_steps']}-step DDIM sampling | median s | vs plain [95 % CI] |",
             "|---|---|---|",
         ]
-        lines += [
-            f"| {name} | {v['median_s']:.2f} | {v['median_s'] / plain:.3f}x |" for name, v in sample.items()
-        ]
-    return "\n".join(lines)
+        for name, v in sample["variants"].items():
+            median = sorted(v["times_s"])[len(v["times_s"]) // 2]
+            lines.append(f"| {name} | {median:.2f} | {_cell(v['ratio'])} |")
+    notes = [w for part in ("training", "sampling") if part in results
+             for w in [busy_warning(results[part]["others_cpu"])] if w]  # fmt: skip
+    return "\n".join(lines + [f"\nWarning: {n}" for n in notes])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -258,10 +249,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset", default="sd15", choices=["sd15", "tiny"], help="UNet architecture (tiny: smoke test)"
     )
     p.add_argument("--latent", type=int, default=64, help="latent side (64 = 512-px images)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed rounds of training steps")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds of training steps")
-    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps per sampling run")
-    p.add_argument("--sample-repeats", type=int, default=3, help="timed sampling runs per variant")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds of training steps")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds of training steps (at least)")
+    p.add_argument(
+        "--max-repeats", type=int, default=8, help="more rounds until the ratios are known to +-3 %%"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=900.0, help="no new training round after this many seconds"
+    )
+    p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps per sampling run")
+    p.add_argument("--sample-repeats", type=int, default=2, help="timed sampling runs per variant")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument(
         "--parts",
         nargs="+",
@@ -275,6 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = preset_config(args.preset)["unet"]
     print(f"building the {args.preset} UNet with random weights ...", flush=True)
@@ -284,31 +283,19 @@ def main(args: argparse.Namespace) -> dict:
     shape = (1, cfg["in_channels"], args.latent, args.latent)
     context = torch.randn(1, 77, cfg["cross_attention_dim"], generator=g)
     inputs = (torch.randn(shape, generator=g), torch.tensor([500]), context, torch.randn(shape, generator=g))
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs ({platform.platform()})",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": str(date.today()),
-        "preset": args.preset,
-        "latent": args.latent,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "sample_steps": args.sample_steps,
-    }
+    info = machine_info(torch.device("cpu"))
+    results = {"machine": describe(info), "machine_info": info, "preset": args.preset, "latent": args.latent,
+               "warmup": args.warmup, "sample_steps": args.sample_steps}  # fmt: skip
     if "training" in args.parts:
         print("training steps:", flush=True)
-        results["training"] = bench_training(unet, inputs, args.warmup, args.repeats)
+        results["training"] = bench_training(unet, inputs, args)
     if "sampling" in args.parts:
         unet.eval()
         print("sampling:", flush=True)
-        results["sampling"] = bench_sampling(unet, context, inputs[0], args.sample_steps, args.sample_repeats)
+        results["sampling"] = bench_sampling(unet, context, inputs[0], args)
     table = format_results(results)
     results["table"] = table
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    atomic_write_json(args.out, results)
     print(table)
     return results
 

@@ -4,10 +4,10 @@ For a frozen ``W`` (out, in) and ``B = blockdiag(Q_1..Q_r)`` (in, in), ``y = x B
 compute it give the same maths (SPEC §1); costs are multiply-adds beyond the frozen layer's two GEMMs
 (``y = x W^T`` and ``gx = gy W``, N*in*out each), in units of in*b:
 
-- rotate the weight (``RotatedWeight``): forward ``W' = W B^T`` (out), then ``y = x W'^T``; backward
+- rotate the weight: forward ``W' = W B^T`` (out), then ``y = x W'^T``; backward
   ``gx = gy W'`` (the frozen layer's GEMM, with W'), and since ``gy W = gx B``,
   ``gQ_i = x_i^T (gy W)_i = (x_i^T gx_i) Q_i``: one block product (N). Training: out + N; inference: out.
-- rotate the input (``RotatedInput``): forward ``u = x B`` (N), then ``y = u W^T``; backward ``gu = gy W``,
+- rotate the input: forward ``u = x B`` (N), then ``y = u W^T``; backward ``gu = gy W``,
   ``gx = gu B^T`` (N) and ``gQ_i = x_i^T gu_i`` (N). Training: 3N; inference: N.
 
 Autograd on a rotated weight would form the (out, in) weight gradient instead: one more N*in*out GEMM. No
@@ -76,77 +76,52 @@ def oft_linear_forward(
     return F.linear(x, rotate_rows(W, Q), bias)
 
 
-def _bias_grad(gy2: torch.Tensor, bias_dtype: torch.dtype) -> torch.Tensor:
-    return gy2.sum(0).to(bias_dtype)
+def block_gram(x: torch.Tensor, g: torch.Tensor, r: int) -> torch.Tensor:
+    """``x_i^T g_i`` for the r column blocks of x and g (both (N, r*b)): (r, b, b), one strided bmm."""
+    return torch.bmm(_blocks(x, r).transpose(1, 2), _blocks(g, r))
 
 
-class RotatedWeight(torch.autograd.Function):
-    """``y = x (W B^T)^T + bias`` for a frozen W; backward ``gx = gy W'``, ``gQ_i = (x_i^T gx_i) Q_i``.
+class OFTLinearFunction(torch.autograd.Function):
+    """``y = x B W^T + bias`` for a frozen W, computed by rotating the weight or the input (module doc).
 
-    Inputs: x (..., in), W (out, in), Q (r, b, b) orthogonal blocks, bias (out) or None. Runs in the autocast
-    dtype when autocast is on (like ``F.linear``), else in x's dtype; returns gradients for x, Q and (when it
-    requires one) bias in their own dtypes. Saves x, W' (out, in) and Q. W gets no gradient: frozen by contract.
+    Inputs: x (..., in), W (out, in), Q (r, b, b) orthogonal blocks, bias (out) or None, ``rotate_input``.
+    Runs in the autocast dtype when autocast is on (like ``F.linear``), else in x's dtype; returns gradients for
+    x, Q and (when it requires one) bias in their own dtypes; W gets none (frozen by contract). Saves x, Q and
+    W' = W B^T (rotated weight) or W (rotated input); ``x B`` is never kept.
     """
 
     @staticmethod
-    def forward(ctx, x, W, Q, bias):
+    def forward(ctx, x, W, Q, bias, rotate_input: bool):
         dtype = compute_dtype(x)
         ctx.dtypes = (x.dtype, Q.dtype, None if bias is None else bias.dtype)
-        with no_autocast(x):
-            xc, Qc = x.to(dtype), Q.to(dtype)
-            Wr = rotate_rows(W.to(dtype), Qc)  # W' = W B^T
-            y = F.linear(xc, Wr, None if bias is None else bias.to(dtype))
-        ctx.save_for_backward(xc, Wr, Qc)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy):
-        x, Wr, Q = ctx.saved_tensors
-        x_dtype, q_dtype, b_dtype = ctx.dtypes
-        r = Q.shape[0]
-        with no_autocast(gy):
-            gy2 = gy.reshape(-1, gy.shape[-1]).to(Wr.dtype)
-            gx = torch.mm(gy2, Wr)  # (N, in): needed for gQ even when x needs no gradient
-            gQ = gb = None
-            if ctx.needs_input_grad[2]:
-                P = torch.bmm(_blocks(x.reshape(gx.shape), r).transpose(1, 2), _blocks(gx, r))  # x_i^T gx_i
-                gQ = torch.bmm(P, Q).to(q_dtype)
-            if ctx.needs_input_grad[3]:
-                gb = _bias_grad(gy2, b_dtype)
-        return gx.view(x.shape).to(x_dtype) if ctx.needs_input_grad[0] else None, None, gQ, gb
-
-
-class RotatedInput(torch.autograd.Function):
-    """``y = (x B) W^T + bias`` for a frozen W; backward ``gu = gy W``, ``gx = gu B^T``, ``gQ_i = x_i^T gu_i``.
-
-    Same inputs, dtype rules and outputs as ``RotatedWeight``; saves x, W and Q (``x B`` is not kept).
-    """
-
-    @staticmethod
-    def forward(ctx, x, W, Q, bias):
-        dtype = compute_dtype(x)
-        ctx.dtypes = (x.dtype, Q.dtype, None if bias is None else bias.dtype)
+        ctx.rotate_input = rotate_input
         with no_autocast(x):
             xc, Wc, Qc = x.to(dtype), W.to(dtype), Q.to(dtype)
-            y = F.linear(block_matmul(xc, Qc), Wc, None if bias is None else bias.to(dtype))
+            bc = None if bias is None else bias.to(dtype)
+            if rotate_input:
+                y = F.linear(block_matmul(xc, Qc), Wc, bc)
+            else:
+                Wc = rotate_rows(Wc, Qc)  # W' = W B^T
+                y = F.linear(xc, Wc, bc)
         ctx.save_for_backward(xc, Wc, Qc)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x, W, Q = ctx.saved_tensors
+        x, W, Q = ctx.saved_tensors  # W is W' when the weight was rotated
         x_dtype, q_dtype, b_dtype = ctx.dtypes
         r = Q.shape[0]
         with no_autocast(gy):
             gy2 = gy.reshape(-1, gy.shape[-1]).to(W.dtype)
-            gu = torch.mm(gy2, W)  # (N, in)
+            g = torch.mm(gy2, W)  # rotated weight: gx = gy W'; rotated input: gu = gy W (N, in)
             gx = gQ = gb = None
             if ctx.needs_input_grad[2]:
-                gQ = torch.bmm(_blocks(x.reshape(gu.shape), r).transpose(1, 2), _blocks(gu, r)).to(q_dtype)
+                G = block_gram(x.reshape(g.shape), g, r)
+                gQ = (G if ctx.rotate_input else torch.bmm(G, Q)).to(q_dtype)  # gy W = gx B
             if ctx.needs_input_grad[0]:
-                gx = block_matmul(gu, Q, transpose=True).view(x.shape).to(x_dtype)
+                gx = block_matmul(g, Q, transpose=True) if ctx.rotate_input else g
+                gx = gx.view(x.shape).to(x_dtype)
             if ctx.needs_input_grad[3]:
-                gb = _bias_grad(gy2, b_dtype)
-        return gx, None, gQ, gb
+                gb = gy2.sum(0).to(b_dtype)
+        return gx, None, gQ, gb, None

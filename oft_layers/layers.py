@@ -22,8 +22,7 @@ from . import paths
 from .cayley import cayley
 from .config import OFTConfig
 from .functional import (
-    RotatedInput,
-    RotatedWeight,
+    OFTLinearFunction,
     compute_dtype,
     no_autocast,
     oft_linear_forward,
@@ -166,7 +165,7 @@ class OFTLinear(OFTLayer):
             return F.linear(x, W @ dense.T, bias_in)
         if W.requires_grad:  # base weight unfrozen by the user: let autograd do everything
             return oft_linear_forward(x, W, Q.to(compute_dtype(x)), bias_in, path == "input")
-        return (RotatedInput if path == "input" else RotatedWeight).apply(x, W, Q, bias_in)
+        return OFTLinearFunction.apply(x, W, Q, bias_in, path == "input")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

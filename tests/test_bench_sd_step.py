@@ -3,6 +3,7 @@
 import json
 
 import torch
+from numerics import is_duration
 
 from oft.entry_points import load_script
 
@@ -32,10 +33,14 @@ def test_tiny_run_writes_results_and_restores_the_unet(tmp_path, monkeypatch):
             "0",
             "--repeats",
             "1",
+            "--max-repeats",
+            "1",
             "--sample-steps",
             "2",
             "--sample-repeats",
             "1",
+            "--threads",
+            str(torch.get_num_threads()),
             "--out",
             str(out),
         ]
@@ -43,12 +48,18 @@ def test_tiny_run_writes_results_and_restores_the_unet(tmp_path, monkeypatch):
     results = bench.main(args)
     saved = json.loads(out.read_text())
     assert saved["training"].keys() == results["training"].keys()
-    names = set(saved["training"])
-    assert {"OFT r=4 (ours, auto path)", "OFT r=4 reference-style dense"} <= names
-    assert any(n.startswith("LoRA") for n in names)
-    assert all(v["median_s"] > 0 and len(v["times_s"]) == 1 for v in saved["training"].values())
-    assert set(saved["sampling"]) == {"plain UNet", "OFT r=4 merged"}
-    assert "| OFT r=4 merged |" in saved["table"]
+    train = saved["training"]["variants"]
+    assert {
+        "OFT r=4 (ours, auto path)",
+        "OFT r=4 reference-style dense",
+        bench.BASELINE,
+        bench.CONTROL,
+    } <= set(train)
+    assert all(is_duration(t) for v in train.values() for t in v["times_s"])
+    assert all(len(v["times_s"]) == 1 for v in train.values()) and train[bench.BASELINE]["ratio"] == [1, 1, 1]
+    assert train["OFT r=4 (ours, auto path)"]["trainable"] > 0 and saved["training"]["rounds"] == 1
+    assert set(saved["sampling"]["variants"]) == {"plain UNet", "plain UNet, control copy", "OFT r=4 merged"}
+    assert "| OFT r=4 merged |" in saved["table"] and "vs LoRA [95 % CI]" in saved["table"]
     # every adapter was stripped: only the plain, frozen diffusers modules remain
     unet = built[0]
     assert not any(p.requires_grad for p in unet.parameters())
