@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from numerics import eps
 from torch import nn
 
 import oft_layers as ol
@@ -35,7 +36,7 @@ IN, OUT, R_BLOCKS = 32, 24, 4
 
 def unit_roundoff(dtype: torch.dtype) -> float:
     """Half an ulp at 1: 2^-53 (float64), 2^-24 (float32), 2^-8 (bfloat16), 2^-11 (float16)."""
-    return torch.finfo(dtype).eps / 2
+    return eps(dtype) / 2
 
 
 def gamma(k: int, dtype: torch.dtype) -> float:
