@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from oft.data.files import atomic_write_bytes, atomic_write_json
-from oft.timing import busy_warning, describe, interleaved, machine_info, run_child
+from oft.timing import Traffic, busy_warning, describe, interleaved, machine_info, run_child
 from oft_layers import OFTLinear
 
 # (name, in, out, tokens): SD1.5 at 512 px, batch 2 (64x64, 32x32, 16x16 latents; 77 text tokens)
@@ -119,8 +119,11 @@ def child(args: argparse.Namespace) -> dict:
     for key, layer in layers.items():
         med, lo, hi = res["ratio"][key]
         times = sorted(res["times_s"][key])
+        with Traffic() as traffic:  # one more call, untimed: what it computes and moves, on any machine
+            step(layer)()
         row = {"variant": key, "ratio": med, "lo": lo, "hi": hi, "median_ms": times[len(times) // 2] * 1e3,
-               "saved_MiB": saved_bytes(layer, x) / 2**20}  # fmt: skip
+               "saved_MiB": saved_bytes(layer, x) / 2**20, "gflop": traffic.flops / 1e9,
+               "moved_MiB": traffic.bytes / 2**20}  # fmt: skip
         if key == "OFT auto":
             row["resolves_to"] = layer.choose_path(x)
         rows.append(row)
@@ -147,26 +150,28 @@ def checks(shape: dict) -> list[str]:
 
 
 def format_table(results: dict) -> str:
-    """A Markdown table: median ratio to the frozen layer with its 95 % interval, time, saved memory."""
+    """A Markdown table: median ratio to the frozen layer with its 95 % interval, time, FLOPs and bytes moved per
+    call (``Traffic``: machine-independent), activation memory saved for backward."""
     lines = [
         f"Machine: {results['machine']}. OFT r={results['r']}, {results['dtype']}, forward+backward with the "
         "input requiring grad. Ratio = median over rounds of (variant / frozen layer, same round) [95 % "
         "bootstrap interval]; order randomised each round.",
         "",
-        "| shape | variant | x frozen [95 % CI] | median ms | saved MiB | rounds |",
-        "|---|---|---|---|---|---|",
+        "| shape | variant | x frozen [95 % CI] | median ms | GFLOP | MiB moved | saved MiB | rounds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for shape in results["shapes"]:
         others = shape.get("others_cpu")
         busy = "" if others is None else f" (others {others:.1%} CPU)"
         for row in shape["rows"]:
             if "skipped" in row:
-                lines.append(f"| {shape['shape']} | {row['variant']} | skipped: {row['skipped']} | | | |")
+                lines.append(f"| {shape['shape']} | {row['variant']} | skipped: {row['skipped']} | | | | | |")
                 continue
             label = row["variant"] + (f" (→ {row['resolves_to']})" if "resolves_to" in row else "")
             lines.append(
                 f"| {shape['shape']} | {label} | {row['ratio']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}] | "
-                f"{row['median_ms']:.2f} | {row['saved_MiB']:.1f} | {row.get('rounds', shape['rounds'])}"
+                f"{row['median_ms']:.2f} | {row['gflop']:.2f} | {row['moved_MiB']:.1f} | {row['saved_MiB']:.1f} | "
+                f"{row.get('rounds', shape['rounds'])}"
                 f"{busy if row['variant'] == BASELINE else ''} |"
             )
     notes = [f"- {s['shape']}: {n}" for s in results["shapes"] for n in s.get("notes", [])]

@@ -24,6 +24,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def cpu_model() -> str:
@@ -166,6 +169,45 @@ def interleaved(
 def paired(times: dict[str, list[float]], name: str, baseline: str) -> list[float]:
     """Per-round ratios ``times[name][i] / times[baseline][i]``."""
     return [a / b for a, b in zip(times[name], times[baseline])]
+
+
+class Traffic(TorchDispatchMode):
+    """Multiply-add FLOPs and bytes read + written by every ATen op run inside (forward and backward alike).
+
+    A machine-independent account of a call, to set beside its time: the FLOPs of matmuls (``FlopCounterMode``;
+    LAPACK calls such as inverses are not counted) and the bytes of every operand and result of every op that
+    touches memory (views cost nothing; allocation is not traffic; an ``out=`` buffer counts as written once).
+    """
+
+    FREE = ("view", "transpose", "t.default", "expand", "as_strided", "unsqueeze", "squeeze", "select", "slice",
+            "detach", "alias", "permute", "unbind", "diagonal", "empty", "split", "lift_fresh")  # fmt: skip
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+        self._flops = FlopCounterMode(display=False)
+
+    @property
+    def flops(self) -> int:
+        return self._flops.get_total_flops()
+
+    def __enter__(self) -> Traffic:
+        self._flops.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self._flops.__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not any(tag in str(func) for tag in self.FREE):
+            ins = [t for t in tree_flatten((args, {k: v for k, v in kwargs.items() if k != "out"}))[0]
+                   if isinstance(t, torch.Tensor)]  # fmt: skip
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            self.bytes += sum(t.numel() * t.element_size() for t in ins + outs)
+        return out
 
 
 def run_child(argv: list[str], timeout_s: float, env: dict | None = None) -> tuple[dict | None, str]:

@@ -111,3 +111,17 @@ def test_layer_bench_help_runs():
     script = REPO / "bench" / "bench_layers.py"
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and "--mkl" in out.stdout and "PyTorch issue 142815" in out.stdout
+
+
+def test_traffic_counts_matmul_flops_and_operand_bytes():
+    a, b = torch.randn(6, 4), torch.randn(4, 5)
+    with timing.Traffic() as t:
+        a @ b  # 6x4 @ 4x5: 2*6*4*5 FLOPs; reads 24 + 20, writes 30 floats
+        a.t().contiguous()  # a view (free), then a copy: reads and writes 24 floats
+        torch.empty(1000)  # allocation is not traffic
+    assert t.flops == 2 * 6 * 4 * 5
+    assert t.bytes == 4 * (24 + 20 + 30) + 4 * (24 + 24)
+    out = torch.empty(6, 5)
+    with timing.Traffic() as t:
+        torch.mm(a, b, out=out)  # the out= buffer is written, not read
+    assert t.bytes == 4 * (24 + 20 + 30)
