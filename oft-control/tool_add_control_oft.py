@@ -20,6 +20,7 @@ from pathlib import Path
 from oft.control.checkpoint import build_initial
 from oft.control.defaults import PAPER, add_flags, flag_names
 from oft.control.params import count_control_parameters, format_parameter_table
+from oft.data.files import create_output_folder
 from oft.entry_points import run_main
 from oft.paths import models_root
 
@@ -71,6 +72,12 @@ def main(args: argparse.Namespace) -> Path | str:
         table = format_parameter_table([count_control_parameters(r) for r in args.r])
         print(table)
         return table
+    output = Path(args.output_path)
+    if output.is_dir():
+        raise ValueError(
+            f"--output_path {output} is a folder; give a file name, e.g. {output / 'ini_oft.ckpt'}"
+        )
+    create_output_folder(output.parent, f"--output_path {output}")  # before the SD loads
     path = build_initial(
         args.input_path,
         args.output_path,

@@ -20,6 +20,7 @@ from oft.control.cli import add_run_flags, check_run_flags, run_datasets, run_di
 from oft.control.defaults import flag_names
 from oft.control.model import ControlOFT
 from oft.control.training import fit
+from oft.data.files import create_output_folder
 from oft.entry_points import run_main
 from oft.paths import models_root
 
@@ -39,8 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path:
     check_flags_match(args.model, r=args.r, eps=args.eps, coft=args.coft, block_share=args.block_share)
-    train_set, sample_set = run_datasets(args)
     out = run_dir(args)
+    create_output_folder(out, f"--output_dir {out}")  # before data and model load: fails in a second
+    train_set, sample_set = run_datasets(args)
     module = ControlOFT(
         args.model,
         args.base,

@@ -18,6 +18,7 @@ from oft.control.cli import add_run_flags, check_run_flags, run_datasets, run_di
 from oft.control.defaults import flag_names
 from oft.control.model import ControlOFT
 from oft.control.training import fit
+from oft.data.files import create_output_folder
 from oft.entry_points import run_main
 
 
@@ -37,6 +38,7 @@ def main(args: argparse.Namespace) -> Path:
     out = run_dir(args)
     model = args.model or str(out / FINAL_MODEL)
     check_flags_match(model, r=args.r, eps=args.eps, coft=args.coft, block_share=args.block_share)
+    create_output_folder(out / "norm", f"--output_dir {out}")  # before data and model load
     train_set, sample_set = run_datasets(args)
     module = ControlOFT(
         model,

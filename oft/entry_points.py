@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from oft.data.files import WriteError
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,9 +38,10 @@ def run_main(
     errors: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError),
 ) -> T:
     """``main(parse_args())`` for a script's ``__main__``: an expected failure (one of ``errors``: a missing file,
-    a bad value) exits with status 1 and the one line ``<script>: <message>`` instead of a traceback."""
+    a bad value; and always a ``WriteError``: an output that could not be written, e.g. on a full disk) exits
+    with status 1 and the one line ``<script>: <message>`` instead of a traceback."""
     args = parse_args()
     try:
         return main(args)
-    except errors as err:
+    except (*errors, WriteError) as err:
         sys.exit(f"{Path(sys.argv[0]).stem}: {err}")

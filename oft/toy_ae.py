@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from oft.data.files import atomic_write
+from oft.data.files import atomic_torch_save, atomic_write
+from oft.safe_load import load_error_line
 
 DATASETS = ("auto", "flowers", "skimage", "textures")
 MODES = ("normal", "angle_only", "magnitude_only")
@@ -388,7 +389,12 @@ def train_autoencoder(
     losses: list[float] = []
     seconds = 0.0
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:  # tensors and plain values only: no code in the file can run
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - pickled objects, truncated or foreign files: one line for all
+            raise ToyDataError(
+                f"cannot resume from {checkpoint} ({load_error_line(err)}); use another --output-dir or delete it"
+            ) from None
         if state["run_key"] != run_key:
             raise ToyDataError(
                 f"{checkpoint} belongs to a run with other settings ({state['run_key']}); "
@@ -420,7 +426,7 @@ def train_autoencoder(
                 "losses": losses,
                 "seconds": seconds,
             }
-            atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
+            atomic_torch_save(checkpoint, state)
     return TrainResult(losses, seconds)
 
 

@@ -25,9 +25,11 @@ from safetensors.torch import save_file
 
 import oft_layers
 from oft.control.hint import HintEncoder
-from oft.data.files import atomic_write
+from oft.data.files import atomic_torch_save, atomic_write
+from oft.safe_load import load_error_line
 from oft.sd import SDModels, load_sd
 from oft.sd.convert import to_ldm_state_dict
+from oft.sd.models import identity_mismatch_hint
 from oft.sd.targets import CONTROL_TARGETS
 
 CONTROL_FORMAT = "1"
@@ -93,7 +95,7 @@ def save_control(
             )
         return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     payload = {"state_dict": base_state or {}, "oft_control": {"tensors": tensors, "metadata": meta}}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_torch_save(path, payload)
 
 
 def read_control(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
@@ -115,9 +117,7 @@ def read_control(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except ControlCheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line explanation
-        raise ControlCheckpointError(
-            f"cannot read {path} ({type(err).__name__}: {err}); {BUILD_HINT}"
-        ) from None
+        raise ControlCheckpointError(f"cannot read {path} ({load_error_line(err)}); {BUILD_HINT}") from None
     if meta.get("control_format") != CONTROL_FORMAT:
         raise ControlCheckpointError(
             f"{path} is not an oft-control model file (no control metadata); {BUILD_HINT}"
@@ -166,11 +166,16 @@ def load_control(
             )
         sd = load_base(source)
         meta = {**meta, "base_path": str(Path(source).resolve())}  # files written from here reference it
-    if sd.identity != meta["base_identity"]:
+    if not sd.same_base(meta["base_identity"]):
         raise ControlCheckpointError(
-            f"{path} was built on base SD {meta['base_identity']!r} ({recorded}), "
-            f"not on {sd.identity!r}; pass the same SD checkpoint, or rebuild with tool_add_control_oft.py"
+            f"{path} was built on base SD {meta['base_identity']!r} ({recorded}), not on {sd.identity!r} "
+            f"({identity_mismatch_hint(meta['base_identity'])}); pass the same SD checkpoint, or rebuild with "
+            "tool_add_control_oft.py"
         )
+    if sd.identity != meta["base_identity"]:
+        # matched in the legacy path+size+mtime form: carry the recorded form, so that this run's training
+        # checkpoints and exports (compared as plain strings) keep matching the files written before
+        sd.identity = meta["base_identity"]
     sd.freeze()
     oft_layers.apply_adapter(sd.unet, {k[4:]: v for k, v in tensors.items() if k.startswith("oft.")}, meta)
     hint = HintEncoder(int(meta["hint_channels"]))

@@ -19,6 +19,9 @@ from oft.control.inference import derived_seed
 from oft.sd import add_to_conv_in
 
 STAGES = ("oft", "magnitude")
+# set by the checkpoint reader (``oft.control.training.AtomicCheckpointIO``) in what it returns: the file read,
+# which is not the one Lightning was given when an unreadable last.ckpt fell back to last.prev.ckpt
+LOADED_FROM = "oft_loaded_from"
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -113,7 +116,7 @@ class ControlOFT(L.LightningModule):
         )  # a resumed run computes (and rounds) the same way
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        where = getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
+        where = checkpoint.get(LOADED_FROM) or getattr(self.trainer, "ckpt_path", None) or "the checkpoint"
         saved = checkpoint.get("oft_control")
         if saved is None:
             raise ValueError(
@@ -121,7 +124,8 @@ class ControlOFT(L.LightningModule):
             )
         mine = self._identity()
         for key, what in (("base_identity", "base SD"), ("layers", "OFT configuration"), ("stage", "stage")):
-            if saved[key] != mine[key]:
+            same = self.cm.sd.same_base(saved[key]) if key == "base_identity" else saved[key] == mine[key]
+            if not same:  # the base by content (or, for older checkpoints, the same untouched file)
                 shown = (saved[key], mine[key]) if key != "layers" else ("its r/eps/coft", "this run's")
                 raise ValueError(
                     f"{where} was trained with another {what} ({shown[0]!r}, this run: {shown[1]!r}); "

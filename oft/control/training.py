@@ -4,27 +4,40 @@ Both training scripts (``train.py``: R + hint encoder; ``train_with_norm.py``: m
 Multi-GPU and multi-node is Lightning's DDP (``devices``, ``num_nodes``, ``strategy``); checkpoints are
 ``<out>/checkpoints/last.ckpt`` every ``save_every`` steps (only trainable tensors and optimizer state), so a
 killed job loses at most the steps since the last save and ``resume="auto"`` picks it up.
+
+Checkpoints are written by ``AtomicCheckpointIO``: in their own folder (never ``$TMPDIR``), atomically, with the
+one before kept as ``last.prev.ckpt``, and read back with ``weights_only=True``. A kill -9 or a full disk at any
+moment leaves at least one complete checkpoint, and an unreadable ``last.ckpt`` (a run killed while an older
+version wrote it) costs a warning and a resume from ``last.prev.ckpt``, not the run.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.utils import make_grid
 
 from oft.control.data import collate
 from oft.control.images import write_png
 from oft.control.inference import generate
-from oft.control.model import ControlOFT
+from oft.control.model import LOADED_FROM, ControlOFT
+from oft.data.files import atomic_torch_save, temporaries
+from oft.safe_load import load_error_line
 
 LAST = "last.ckpt"
+START_OVER = "start over with --resume none"
 
 
 @dataclass
@@ -75,16 +88,136 @@ class ControlDataModule(L.LightningDataModule):
         )
 
 
-def resume_path(resume: str, ckpt_dir: Path) -> str | None:
-    """``"none"`` -> None; ``"auto"`` -> ``last.ckpt`` if present; else the given file (which must exist)."""
+class CheckpointReadError(ValueError):
+    """A training checkpoint to resume from cannot be read (truncated, empty, not a checkpoint)."""
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """``last.ckpt`` -> ``last.prev.ckpt``: the checkpoint before the newest, kept by ``AtomicCheckpointIO``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def resume_candidates(resume: str, ckpt_dir: Path) -> list[Path]:
+    """The checkpoints to try, in order: ``"none"`` -> none; ``"auto"`` -> those of ``last.ckpt``,
+    ``last.prev.ckpt`` that exist (the second is the fallback for an unreadable first); else the given file,
+    which must exist."""
     if resume == "none":
-        return None
+        return []
     if resume == "auto":
         last = ckpt_dir / LAST
-        return str(last) if last.is_file() else None
+        return [p for p in (last, previous_checkpoint(last)) if p.is_file()]
     if not Path(resume).is_file():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint (use auto, none, or a .ckpt path)")
-    return resume
+    return [Path(resume)]
+
+
+def _why_unreadable(path: Path, err: BaseException) -> str:
+    """One line on why ``torch.load`` failed on ``path``: its first sentence (torch's run to paragraphs)."""
+    size = path.stat().st_size if path.is_file() else None
+    if size == 0:
+        return "it is empty (0 bytes)"
+    return f"{load_error_line(err).split('. ')[0]}; {size} bytes"
+
+
+def repair_epoch_progress(checkpoint: dict[str, Any]) -> bool:
+    """Restore the invariant of a checkpoint saved inside a training batch (every ``save_every`` steps): its
+    epoch has started and is not processed, so ``started == ready == processed + 1``. True if it was broken.
+
+    Lightning 2.6 breaks it after a resume from a checkpoint of an epoch's last batch: it counts that epoch
+    processed, but, still "restarted mid-epoch", skips ``ready``/``started`` of the next one, so every later
+    checkpoint of the run holds ``started == processed`` and resuming from one of those re-runs a finished
+    epoch (its data order and noise, at the next step numbers). A second kill then no longer ends as an
+    uninterrupted run would. With the counters a fresh run writes, Lightning resumes correctly.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = fit.get("epoch_progress"), fit.get("epoch_loop.batch_progress")
+    if not epochs or not batches:
+        return False
+    inside_a_batch = batches["total"]["completed"] == batches["total"]["processed"] - 1
+    broken = False
+    for part in ("total", "current"):
+        progress = epochs[part]
+        if inside_a_batch and progress["started"] == progress["processed"]:
+            progress["ready"] = progress["started"] = progress["processed"] + 1
+            broken = True
+    return broken
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files through ``oft.data.files.atomic_write``, with the previous one kept.
+
+    Saving ``<dir>/last.ckpt``: (1) serialise into the hidden temporary ``<dir>/.last.ckpt.<random>.tmp`` and
+    fsync it (Lightning's own save writes to ``$TMPDIR`` and moves the file: across file systems a copy, which
+    a kill leaves as a 0-byte or partial ``last.ckpt``); (2) hard-link the current ``last.ckpt`` to a temporary
+    and rename that over ``last.prev.ckpt``; (3) rename the temporary over ``last.ckpt``; fsync the folder.
+    A kill before (3) leaves the old ``last.ckpt``; after (2) also ``last.prev.ckpt`` = the old one; after (3)
+    the new ``last.ckpt`` and the old ``last.prev.ckpt``: there is always a complete checkpoint, and renames of
+    complete files are the only changes (where hard links are not supported, (2) renames ``last.ckpt`` itself:
+    until (3) only ``last.prev.ckpt`` exists, which ``--resume auto`` then takes, with a warning). A power cut
+    loses at most the renames not yet fsync'ed, never the data. (2) happens only when ``last.ckpt`` is known to
+    be complete (this object wrote or read it), so an unreadable one never replaces a good ``last.prev.ckpt``.
+    Temporaries that a kill left behind are removed at the first save (only rank 0 saves: their only writer).
+
+    Loading: ``weights_only=True`` (what Lightning and ``ControlOFT`` save is tensors and plain types). An
+    unreadable file is followed by the next of ``fallbacks`` with a one-line warning; if none is readable,
+    one ``CheckpointReadError`` line, ending with ``fix``. Loop counters are repaired both ways
+    (``repair_epoch_progress``; on load for files written before).
+    """
+
+    def __init__(self, fallbacks: Sequence[str | Path] = (), fix: str = START_OVER) -> None:
+        super().__init__()
+        self.fallbacks = [Path(p) for p in fallbacks]
+        self.fix = fix
+        self._complete: set[Path] = set()  # files known to hold a whole checkpoint
+        self._cleaned: set[Path] = set()
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path).resolve()
+        previous = previous_checkpoint(path)
+        if path not in self._cleaned:
+            for stale in (*temporaries(path), *temporaries(previous)):
+                stale.unlink(missing_ok=True)
+            self._cleaned.add(path)
+
+        repair_epoch_progress(checkpoint)  # the file holds the counters a fresh run would write
+        atomic_torch_save(path, checkpoint, keep_previous=previous if path in self._complete else None)
+        self._complete.add(path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        first = Path(path)
+        candidates = [first, *(p for p in self.fallbacks if p.resolve() != first.resolve())]
+        problems = []
+        for i, candidate in enumerate(candidates):
+            try:
+                checkpoint = super().load_checkpoint(candidate, map_location=map_location, weights_only=True)
+            except Exception as err:  # noqa: BLE001 - every unreadable file gets the same one-line report
+                why = _why_unreadable(candidate, err)
+                problems.append(f"{candidate.name}: {why}")
+                if i + 1 < len(candidates):
+                    _warn(
+                        f"{candidate} is unreadable ({why}); resuming from {candidates[i + 1].name} instead"
+                    )
+                continue
+            self._complete.add(candidate.resolve())
+            repair_epoch_progress(checkpoint)
+            checkpoint[LOADED_FROM] = str(candidate)
+            return checkpoint
+        where = first.parent if len(candidates) > 1 else first
+        raise CheckpointReadError(
+            f"cannot resume from {where}: no readable checkpoint ({'; '.join(problems)}); {self.fix}"
+        )
 
 
 class SampleGrid(Callback):
@@ -121,10 +254,20 @@ def fit(
 ) -> L.Trainer:
     """Train ``module`` on ``dataset`` (shuffled) as ``cfg`` says, resuming from ``cfg.resume``."""
     ckpt_dir = cfg.out_dir / "checkpoints"
-    ckpt_path = resume_path(cfg.resume, ckpt_dir)
+    candidates = resume_candidates(cfg.resume, ckpt_dir)
+    if cfg.resume == "auto" and candidates and candidates[0].name != LAST:
+        _warn(f"{ckpt_dir / LAST} is missing (a kill interrupted a save); resuming from {candidates[0].name}")
+    fix = START_OVER if cfg.resume == "auto" else f"pass another --resume file, or {START_OVER}"
+    checkpoint_io = AtomicCheckpointIO(fallbacks=candidates[1:], fix=fix)
     callbacks: list[Callback] = [
-        # only last.ckpt, rewritten every save_every steps (Lightning writes it atomically)
-        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.save_every),
+        # only last.ckpt (never last-v1.ckpt beside a stale one), rewritten every save_every steps
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.save_every,
+            enable_version_counter=False,
+        ),
     ]
     if cfg.sample_every and sample_dataset is not None:
         callbacks.append(SampleGrid(sample_dataset, cfg.out_dir, cfg.sample_every, cfg.sample_steps))
@@ -144,10 +287,13 @@ def fit(
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler
         enable_model_summary=False,
         default_root_dir=cfg.out_dir,
+        plugins=[checkpoint_io],
     )
     data = ControlDataModule(dataset, cfg.batch_size, cfg.num_workers, cfg.seed)
     with warnings.catch_warnings():
         # the frozen SD stays in eval mode on purpose (no dropout in frozen parts); Lightning warns about it
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        trainer.fit(
+            module, datamodule=data, ckpt_path=candidates[0] if candidates else None, weights_only=True
+        )
     return trainer
