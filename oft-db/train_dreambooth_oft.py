@@ -6,7 +6,9 @@
         --class_prompt "a photo of dog" --class_data_dir data/class_data/dog --output_dir outputs/my_dog
 
 Defaults are the reference's (r=4, COFT eps=6e-5, lr 6e-5, batch 1, 512 px, 200 class images, seed 0).
-Re-running the same command resumes from the newest checkpoint (``--resume_from_checkpoint latest``).
+Re-running the same command resumes from the newest checkpoint in the output folder (``--resume_from_checkpoint
+latest``, the default), or returns at once when the run finished; ``--resume_from_checkpoint none`` starts over
+at step 0 and deletes the earlier run's checkpoints, adapter, log and validation images.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ merged exports, evaluation. Outputs are checked against an uninterrupted run and
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import oft_layers
 from oft.db.data import DreamBoothSteps, list_images
 from oft.db.export import load_with_adapter
 from oft.db.train import TrainConfig
+from oft.entry_points import run_main
 from oft.sd import build_sd, load_sd
 from oft.sd.convert import save_single_file
 from tests.test_db_benchmark import BUILTIN, load_script, write_prompts_file
@@ -135,7 +137,7 @@ def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
     for k, v in read_R(full_run.parent / "checkpoint-000002" / "adapter.safetensors").items():
         assert torch.equal(saved[k], v)  # same state as the uninterrupted run at step 2
 
-    adapter = script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"]))
+    adapter = script.main(script.parse_args(args))  # the identical command resumes (the default: latest)
     assert not list(run_dir.glob("checkpoint-*"))  # finished: checkpoints removed (no --keep_checkpoints)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["resumed_from_step"] == 2 and info["class_images_generated"] == 0
@@ -143,7 +145,7 @@ def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # the counter continues at 3
     stamp = adapter.stat().st_mtime_ns
-    assert script.main(script.parse_args([*args, "--resume_from_checkpoint", "latest"])) == adapter
+    assert script.main(script.parse_args(args)) == adapter
     assert adapter.stat().st_mtime_ns == stamp  # a re-submitted finished job does nothing
     final, reference = read_R(adapter), read_R(full_run)
     for k in reference:  # resumed == uninterrupted, exactly: one process, the same kernels and thread count
@@ -327,6 +329,85 @@ def test_bad_input_messages(setup, tmp_path):
         TrainConfig(
             instance_data_dir="x", instance_prompt="a", output_dir="o", class_prompt="b", class_data_dir="c"
         ).validate()
+
+
+@pytest.mark.numerics
+def test_resume_none_starts_over_and_says_so(setup, full_run, monkeypatch, caplog):
+    root, _, common = setup
+    script = load_script("train_dreambooth_oft")
+    args = ["--run", str(RUN), "--max_train_steps", "4", "--output_root", str(root / "over"), *common]
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(*a, **k):
+        real_save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(script.parse_args([*args, "--learning_rate", "1e-2"]))  # an earlier, different run
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    run_dir = root / "over" / "cat-10"
+    assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-000002"]
+    with caplog.at_level("INFO", logger="oft.db.train"):
+        adapter = script.main(script.parse_args([*args, "--resume_from_checkpoint", "none"]))
+    said = [r.getMessage() for r in caplog.records if "starting over" in r.getMessage()]
+    assert len(said) == 1 and "--resume_from_checkpoint none" in said[0] and "checkpoint-000002" in said[0]
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from_step"] == 0
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    final, reference = read_R(adapter), read_R(full_run)
+    for k in reference:  # nothing of the earlier run survived: this is the uninterrupted run's adapter
+        assert torch.equal(final[k], reference[k]), k
+
+
+def test_inputs_are_checked_before_class_images_or_models(setup, tmp_path, monkeypatch):
+    """A bad photo, an r that does not divide a layer, an output folder that cannot be made: one line through
+    run_main, before any model loads or class image is made."""
+    _, ckpt, _ = setup
+
+    def too_late(*a, **k):
+        raise AssertionError("expensive work started before the inputs were checked")
+
+    monkeypatch.setattr(train_mod, "ensure_class_images", too_late)
+    script = load_script("train_dreambooth_oft")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(photos / "a.png")
+    (tmp_path / "a_file").write_text("x")
+    base = [
+        "--pretrained_model", str(ckpt), "--instance_data_dir", str(photos),
+        "--instance_prompt", "a photo of qwe dog", "--class_prompt", "a photo of dog",
+        "--class_data_dir", str(tmp_path / "class"), "--num_validation_images", "0",
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["train_dreambooth_oft.py"])
+
+    def one_line(*extra: str) -> str:
+        with pytest.raises(SystemExit) as exit_:  # as the script's __main__ runs it
+            run_main(script.main, lambda: script.parse_args([*base, *extra]), errors=(ValueError,))
+        message = str(exit_.value.code)
+        assert message.startswith("train_dreambooth_oft: ") and "\n" not in message, message
+        return message
+
+    # the model is not even loaded for these
+    monkeypatch.setattr("oft.sd.load_sd", too_late)
+    assert "r=3 blocks do not divide" in one_line("--r", "3")
+    assert "to_k" in one_line("--r", "5") and "take r among [1, 2, 4, 8, 16, 32, 64]" in one_line("--r", "5")
+    assert "a_file is not a folder" in one_line("--output_dir", str(tmp_path / "a_file" / "out"))
+    assert "--class_data_dir" in one_line("--class_data_dir", str(tmp_path / "a_file" / "cat"))
+    (photos / "b.jpg").write_bytes(b"these bytes are no JPEG")
+    assert f"cannot decode subject image {photos / 'b.jpg'}" in one_line()
+    png = (photos / "a.png").read_bytes()
+    (photos / "b.jpg").unlink()
+    (photos / "c.png").write_bytes(png[: len(png) // 2])  # truncated
+    assert f"cannot decode subject image {photos / 'c.png'}" in one_line()
+    (photos / "c.png").unlink()
+    monkeypatch.undo()
+    monkeypatch.setattr(train_mod, "ensure_class_images", too_late)
+    monkeypatch.setattr(sys, "argv", ["train_dreambooth_oft.py"])
+    # r = 64 fits SD1.5's widths but not the tiny base's (32): refused once its shapes are known, still before
+    # any class image is made
+    assert "base model layer" in one_line("--r", "64")
 
 
 def test_data_order_is_a_function_of_the_step(tmp_path):

@@ -1,9 +1,11 @@
 """Prior-preservation class images: generated once per class by the base model, cached and shared by subjects.
 
 The folder ``<class_root>/<class noun>`` holds ``0000.png, 0001.png, ...`` and ``class_images.json`` (prompt,
-sampler settings, base model). Image ``k`` is generated from seed ``seed + k`` alone, so the set does not depend
-on how many processes or batches made it. A file lock serialises processes that need the same class (the local
-queue runs several subjects of one class at once); files appear atomically (temporary name, then rename).
+sampler settings, base model). Image ``k`` is generated from seed ``seed + k``, always in the same batch (the
+fixed chunks of ``batch_size``), so a generation interrupted at any point and run again makes exactly the images
+an uninterrupted one made. A file lock serialises processes that need the same class (the local queue runs
+several subjects of one class at once); files appear atomically (hidden temporary name, then rename), and
+hidden names are never read as images.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from tqdm.auto import tqdm
 
-from oft.data.files import atomic_write_bytes
+from oft.data.files import atomic_write_bytes, temporaries
 from oft.db.data import list_images
 
 if TYPE_CHECKING:
@@ -84,13 +86,22 @@ def ensure_class_images(
             atomic_write_bytes(
                 meta_path, json.dumps({**meta, "base_model": models.identity}, indent=1).encode()
             )
+        for k in range(num_images):  # we hold the lock: these are a killed writer's, never data (list_images)
+            for stale in temporaries(folder / f"{k:04d}.png"):
+                stale.unlink(missing_ok=True)
         have = {p.stem for p in list_images(folder)}
         missing = [k for k in range(num_images) if f"{k:04d}" not in have]
         needed = max(0, num_images - len(have))
         missing = missing[:needed]
         bar = tqdm(total=len(missing), desc=f"class images '{prompt}'", disable=not progress or not missing)
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
+        # Batches are always the fixed chunks [0, b), [b, 2b), ... of the full set, whole, even when some of a
+        # chunk's images exist: another batch composition could round differently (other GEMM shapes), and a
+        # run that resumes after a kill must make exactly the images an uninterrupted one made.
+        for start in range(0, num_images, batch_size):
+            chunk = list(range(start, min(start + batch_size, num_images)))
+            todo = [k for k in chunk if k in missing]
+            if not todo:
+                continue
             images = sample(
                 models,
                 [prompt] * len(chunk),
@@ -101,7 +112,8 @@ def ensure_class_images(
                 **sampling,
             )
             for k, image in zip(chunk, images, strict=True):
-                save_png(image, folder / f"{k:04d}.png")
-            bar.update(len(chunk))
+                if k in todo:
+                    save_png(image, folder / f"{k:04d}.png")
+            bar.update(len(todo))
         bar.close()
     return len(missing)

@@ -20,19 +20,39 @@ from oft.db.benchmark import SETUP_HINT
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
+def is_image_name(name: str) -> bool:
+    """A complete image file name: not hidden, and ending in an image suffix.
+
+    Hidden names are never data: atomic writes put their temporaries there (``.0001.png.<random>.tmp...``, left
+    behind, possibly truncated, by a kill), as do macOS (``._IMG_1.jpg``) and editors."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The images in ``folder``, sorted by file name (the documented, reproducible order)."""
+    """The images in ``folder`` (``is_image_name``), sorted by file name (the documented, reproducible order)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
+
+
+def check_decodes(paths: list[Path], what: str = "image") -> None:
+    """Decode every image fully (a truncated file fails too); one line naming the first that does not."""
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, SyntaxError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+            reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot decode {what} {path} ({reason}): replace or remove it") from None
 
 
 def instance_images(folder: str | os.PathLike) -> list[Path]:
-    """The subject's photos, or a clear error naming the folder and the setup command."""
+    """The subject's photos, each checked to decode, or a clear error naming the folder or the bad file."""
     images = list_images(folder)
     if not images:
         raise FileNotFoundError(f"no subject images in {folder}: {SETUP_HINT} or pass --instance_data_dir")
+    check_decodes(images, "subject image")
     return images
 
 

@@ -38,9 +38,9 @@ def load_with_adapter(
     models = load_sd(base).freeze()  # float32 on the CPU: the rotation is folded in full precision
     meta = oft_layers.load_adapter(models.unet, adapter)
     trained_on = meta.get("base_model")
-    if trained_on and trained_on != models.identity:
+    if trained_on and not models.same_base(trained_on):
         logger.warning(
-            "adapter was trained on base %s, loading it into %s (same weights moved or copied?)",
+            "adapter was trained on base %s, loading it into %s: other weights than it was trained on",
             trained_on,
             models.identity,
         )

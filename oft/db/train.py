@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import oft_layers
-from oft.data.files import atomic_write_bytes
+from oft.data.files import atomic_write_bytes, create_output_folder
 from oft.db.class_images import ensure_class_images, save_png
 from oft.db.data import DreamBoothSteps, StepSampler, instance_images, list_images, step_generator
 from oft.paths import models_root
+from oft.safe_load import load_error_line
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,12 @@ class TrainConfig:
     keep_checkpoints: bool = _f(
         False, "keep the checkpoints after the run finished (they only serve resuming)"
     )
-    resume_from_checkpoint: str = _f("", "'latest' or a checkpoint folder; nothing found: start fresh")
+    resume_from_checkpoint: str = _f(
+        "latest",
+        "'latest': continue from the newest checkpoint in --output_dir (none yet: start at step 0); 'none': "
+        "start over at step 0, deleting the run's checkpoints, adapter, log and validation images; or a "
+        "checkpoint folder",
+    )
     progress: bool = _f(True, "progress bars")
 
     def validate(self) -> None:
@@ -122,6 +128,13 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.validation_sampler not in ("ddim", "dpm"):
             raise ValueError(f"--validation_sampler must be ddim or dpm, got {self.validation_sampler!r}")
+        if self.checkpointing_steps < 0 or self.checkpoints_total_limit < 0:
+            raise ValueError("--checkpointing_steps and --checkpoints_total_limit must be >= 0")
+
+    @property
+    def starts_over(self) -> bool:
+        """``--resume_from_checkpoint none`` (or empty): train from step 0 whatever the output folder holds."""
+        return self.resume_from_checkpoint.strip().lower() in ("", "none")
 
     def oft_options(self) -> dict:
         return {
@@ -138,29 +151,63 @@ def config_fields() -> list:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+def checkpoint_step(path: Path) -> int:
+    """The step of ``checkpoint-NNNNNN``."""
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def list_checkpoints(output_dir: Path, complete: bool = True) -> list[Path]:
+    """Checkpoint folders, oldest first: complete ones (state and adapter), or all (``complete=False``, e.g.
+    one that a kill left half deleted, for removal). Unfinished writes (``.tmp-checkpoint-*``) never count."""
     found = [
         p
         for p in output_dir.glob(CHECKPOINT_PREFIX + "*")
-        if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        if p.is_dir()
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        and (not complete or ((p / "state.pt").is_file() and (p / ADAPTER_NAME).is_file()))
     ]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
 
 
 def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
-    """``"latest"`` -> newest checkpoint (None if none yet); a path -> that folder (error if missing)."""
-    if not spec:
+    """``"latest"`` -> newest complete checkpoint (None if none yet); ``"none"``/``""`` -> None; a path -> that
+    folder (error if it holds no checkpoint)."""
+    if spec.strip().lower() in ("", "none"):
         return None
     if spec == "latest":
         found = list_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(spec)
-    if not (path / "state.pt").is_file():
+    if not ((path / "state.pt").is_file() and (path / ADAPTER_NAME).is_file()):
         raise FileNotFoundError(
-            f"--resume_from_checkpoint {spec}: no checkpoint there (expected {path}/state.pt)"
+            f"--resume_from_checkpoint {spec}: no checkpoint there (expected {path}/state.pt and "
+            f"{path}/{ADAPTER_NAME}); use 'latest', 'none' or a checkpoint-NNNNNN folder"
         )
     return path
+
+
+def read_state(checkpoint: Path) -> dict:
+    """``checkpoint/state.pt`` (step, optimizer and scheduler state, meta, path cache) as tensors and plain
+    values only: ``weights_only=True`` never runs code from the file; anything else is one clear error."""
+    path = checkpoint / "state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickled objects, truncated or foreign files: one line for all
+        raise ValueError(
+            f"cannot resume from {path}: {load_error_line(err)}; delete {checkpoint} or pass "
+            "--resume_from_checkpoint none to start over"
+        ) from None
+    keys = ("step", "optimizer", "lr_scheduler", "meta")
+    if (
+        not isinstance(state, dict)
+        or any(k not in state for k in keys)
+        or not isinstance(state["meta"], dict)
+    ):
+        raise ValueError(
+            f"cannot resume from {path}: not a DreamBooth-OFT checkpoint (expected the keys {keys}); "
+            f"delete {checkpoint} or pass --resume_from_checkpoint none to start over"
+        )
+    return state
 
 
 def save_checkpoint(
@@ -183,9 +230,74 @@ def save_checkpoint(
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     if limit > 0:
-        for old in list_checkpoints(output_dir)[:-limit]:
+        for old in list_checkpoints(output_dir, complete=False)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def check_block_sizes(unet: torch.nn.Module, options: dict, model: str) -> None:
+    """Raise ``oft_layers``' one-line ``ValueError`` unless r divides the input width of every DreamBooth target
+    layer of ``unet`` (the 128 attention projections; SD1.5: widths 320, 640, 768, 1280)."""
+    from oft.sd.targets import DB_TARGETS, match_targets
+
+    config = oft_layers.OFTConfig(**options)
+    modules = dict(unet.named_modules())
+    widths = {name: modules[name].in_features for name in match_targets(modules, DB_TARGETS)}
+    for name, width in widths.items():
+        try:
+            config.block_size(width, where=f"--r {config.r}: {model} layer {name}")
+        except ValueError as err:
+            # that layer's divisors alone could send the user to an r that another layer refuses
+            common = math.gcd(*widths.values())
+            fits = [d for d in range(1, common + 1) if common % d == 0]
+            raise ValueError(
+                f"{err}; all {len(widths)} target layers (widths {sorted(set(widths.values()))}) "
+                f"take r among {fits}"
+            ) from None
+
+
+def sd15_unet_without_weights() -> torch.nn.Module:
+    """SD1.5's UNet on the meta device: every layer's shape from the architecture config, no weights, ~0.1 s."""
+    from diffusers import UNet2DConditionModel
+
+    from oft.sd.configs import preset_config
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**preset_config("sd15")["unet"])
+
+
+def rewrite_log(path: Path, through_step: int) -> int:
+    """Keep the records of steps ``1..through_step`` of ``log.jsonl`` (the last one of each step, in step order),
+    atomically: a resumed run re-trains the later steps and logs them again, so each step appears once. A line
+    cut short by a kill is dropped. Returns how many records were kept."""
+    records: dict[int, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(step, int) and 1 <= step <= through_step:
+                records[step] = line
+    atomic_write_bytes(path, "".join(records[k] + "\n" for k in sorted(records)).encode())
+    return len(records)
+
+
+def discard_previous_run(out: Path) -> list[str]:
+    """Delete what an earlier run left in ``out`` (checkpoints, adapter, validation images; the log is rewritten
+    by the caller) so that nothing of it can be resumed or mistaken for the new run's. Returns what it deleted."""
+    checkpoints = list_checkpoints(out, complete=False)
+    gone = [p.name for p in checkpoints]
+    for p in [*checkpoints, *out.glob(f".tmp-{CHECKPOINT_PREFIX}*")]:
+        shutil.rmtree(p, ignore_errors=True)
+    for name in (ADAPTER_NAME, VALIDATION_DIR):
+        if (out / name).exists():
+            gone.append(name)
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
+    return gone
 
 
 # --- inference with the rotations folded in --------------------------------------------------------------------
@@ -261,7 +373,8 @@ def dreambooth_loss(
 
 # --- the loop ----------------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
-    """Train one DreamBooth-OFT run; returns the path of the saved adapter. Resumable (``resume_from_checkpoint``).
+    """Train one DreamBooth-OFT run; returns the path of the saved adapter. By default it resumes from the newest
+    checkpoint in ``output_dir`` and returns at once when the run already finished (``resume_from_checkpoint``).
 
     ``extra_info`` (e.g. the benchmark run's subject and evaluation prompt) is stored in ``run.json`` and in the
     adapter's metadata.
@@ -274,22 +387,40 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
 
     cfg.validate()
     out = Path(cfg.output_dir)
-    if cfg.resume_from_checkpoint and (out / ADAPTER_NAME).is_file():
+    if not cfg.starts_over and (out / ADAPTER_NAME).is_file():
         done = int(oft_layers.read_adapter(out / ADAPTER_NAME)[1].get("steps", 0))
         if done >= cfg.max_train_steps:  # a re-submitted job-array task: nothing left to do
+            if not cfg.keep_checkpoints:  # a kill right after the adapter appeared may have left them
+                for old in list_checkpoints(out, complete=False):
+                    shutil.rmtree(old, ignore_errors=True)
             logger.info("%s already holds the adapter of %d steps: nothing to do", out, done)
             return out / ADAPTER_NAME
-    out.mkdir(parents=True, exist_ok=True)
+
+    # 0. every input is checked before any model loads or class image is made: one line per problem
+    create_output_folder(out, f"--output_dir {out}")  # or one WriteError line (run_main prints it)
+    if cfg.with_prior_preservation:
+        create_output_folder(cfg.class_data_dir, f"--class_data_dir {cfg.class_data_dir}")
+    instance_paths = instance_images(cfg.instance_data_dir)  # present, and every photo decodes
+    # r against SD1.5's layer widths from its config (no weights); the tiny test preset's widths (32, 64) allow
+    # fewer r, which the check on the loaded model below catches, still before any class image is made
+    check_block_sizes(sd15_unet_without_weights(), cfg.oft_options(), "SD1.5")
+    checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
+    state = read_state(checkpoint) if checkpoint is not None else None  # tensors and plain values only
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
     )
     if accelerator.num_processes > 1:
         raise RuntimeError("one GPU per run (batch 1): launch one process per run, e.g. oft-db/run_queue.py")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    instance_paths = instance_images(cfg.instance_data_dir)  # fail on missing data before loading SD
 
     # 1. the frozen base model
     models = load_sd(cfg.pretrained_model).freeze().to(accelerator.device, weight_dtype)
+    check_block_sizes(models.unet, cfg.oft_options(), "base model")
+    if state is not None and not models.same_base(state["meta"].get("base_model")):
+        raise ValueError(
+            f"{checkpoint} was trained from base {state['meta'].get('base_model')}, this run loads "
+            f"{models.identity}: resume with the same --pretrained_model (or --resume_from_checkpoint none)"
+        )
 
     # 2. class images, made by the base model before any adapter exists (cached, shared by subjects of a class)
     class_paths = None
@@ -356,22 +487,34 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
         **(extra_info or {}),
     }
     start = 0
-    checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
-    if checkpoint is not None:
-        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
-        if state["meta"].get("base_model") != models.identity:
-            raise ValueError(
-                f"{checkpoint} was trained from base {state['meta'].get('base_model')}, this run loads {models.identity}: "
-                "resume with the same --pretrained_model"
-            )
+    if state is not None:
         oft_layers.load_adapter(unet, checkpoint / ADAPTER_NAME)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         oft_layers.load_path_cache(state.get("oft_path_cache", {}))
-        start = state["step"]
-        logger.info("resumed from %s at step %d", checkpoint, start)
-    elif cfg.resume_from_checkpoint:
-        logger.info("no checkpoint in %s yet: starting a new run", out)
+        start = int(state["step"])
+        # checkpoints after the resumed step (an explicit older --resume_from_checkpoint) are another history
+        later = [p for p in list_checkpoints(out, complete=False) if checkpoint_step(p) > start]
+        for p in later:
+            shutil.rmtree(p, ignore_errors=True)
+        logger.info(
+            "resumed from %s at step %d%s",
+            checkpoint,
+            start,
+            f" (deleted the later {', '.join(p.name for p in later)})" if later else "",
+        )
+    elif cfg.starts_over:
+        deleted = discard_previous_run(out)
+        if deleted:
+            logger.info(
+                "starting over at step 0 because --resume_from_checkpoint none was given: deleted the earlier "
+                "run's %s in %s",
+                ", ".join(deleted),
+                out,
+            )
+    else:
+        logger.info("no checkpoint in %s yet: starting at step 0", out)
+    rewrite_log(out / LOG_FILE, start)  # each step appears once: the steps after `start` are trained again
     info = {"config": asdict(cfg), **meta, "class_images_generated": generated, "resumed_from_step": start}
     atomic_write_bytes(out / RUN_INFO, json.dumps(info, indent=1, sort_keys=True).encode())
 
@@ -428,16 +571,20 @@ def train(cfg: TrainConfig, extra_info: dict | None = None) -> Path:
                 save_checkpoint(out, step, unet, optimizer, lr_scheduler, meta, cfg.checkpoints_total_limit)
 
     # 7. the result: a small adapter file; then reload it into the plain base model and sample with it
+    # (the adapter gets its final name last: its presence marks the run finished, final validation included)
     unet = accelerator.unwrap_model(unet)
     meta["steps"] = step
-    adapter = oft_layers.save_adapter(unet, out / ADAPTER_NAME, {k: str(v) for k, v in meta.items()})
+    pending = out / f".pending-{ADAPTER_NAME}"
+    oft_layers.save_adapter(unet, pending, {k: str(v) for k, v in meta.items()})
     oft_layers.strip(unet)  # back to the exact base weights
-    oft_layers.load_adapter(unet, adapter)
+    oft_layers.load_adapter(unet, pending)
     oft_layers.merge(unet)
     if cfg.num_validation_images:
         validation_images(models, cfg, out / VALIDATION_DIR / "final")
+    adapter = out / ADAPTER_NAME
+    os.replace(pending, adapter)
     if not cfg.keep_checkpoints:  # SD1.5: ~0.4 GB each with the optimizer state, x 750 runs
-        for old in list_checkpoints(out):
-            shutil.rmtree(old)
+        for old in [*list_checkpoints(out, complete=False), *out.glob(f".tmp-{CHECKPOINT_PREFIX}*")]:
+            shutil.rmtree(old, ignore_errors=True)
     logger.info("saved %s (%d steps)", adapter, step)
     return adapter

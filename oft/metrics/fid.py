@@ -23,6 +23,7 @@ from scipy import linalg
 from tqdm import tqdm
 
 from oft.metrics.folder import read_rgb
+from oft.safe_load import load_error_line
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
@@ -95,9 +96,8 @@ def load_inception(path: str | os.PathLike | None = None, device: str = "cpu") -
     try:
         return build_inception(torch.load(found, map_location="cpu", weights_only=True)).to(device)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # truncated, not a state dict, wrong keys
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
-            f"{found} is not pytorch-fid's {INCEPTION_FILE} ({first}); download {INCEPTION_URL}"
+            f"{found} is not pytorch-fid's {INCEPTION_FILE} ({load_error_line(exc)}); download {INCEPTION_URL}"
         ) from None
 
 
