@@ -11,7 +11,7 @@ import argparse
 
 from oft.entry_points import run_main
 from oft.metrics.canny import PAPER, evaluate_canny
-from oft.metrics.folder import format_table, open_sample_folder, write_json
+from oft.metrics.folder import excluded_note, format_table, open_sample_folder, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,12 +42,15 @@ def main(args: argparse.Namespace) -> dict:
         "folder": str(folder.root),
         "samples": "all" if args.all_samples else args.sample_index,
         "edges_from": "gray" if args.gray else "rgb",
+        "excluded": sorted(folder.excluded),
         **metrics,
     }
     write_json(args.out or folder.root / "eval_canny.json", report)
     rows = [("IoU", metrics["iou"], PAPER["OFT"][0], PAPER["COFT"][0]),
             ("F1", metrics["f1"], PAPER["OFT"][1], PAPER["COFT"][1])]  # fmt: skip
     print(format_table((f"C2I ({metrics['images']} images)", "value", "paper OFT", "paper COFT"), rows))
+    if note := excluded_note(folder):
+        print(note)
     return report
 
 

@@ -14,7 +14,7 @@ import argparse
 
 from oft.entry_points import run_main
 from oft.metrics.fid import PAPER, evaluate_fid, load_inception
-from oft.metrics.folder import format_table, list_images, open_sample_folder, write_json
+from oft.metrics.folder import excluded_note, format_table, list_images, open_sample_folder, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,11 +38,14 @@ def main(args: argparse.Namespace) -> dict:
     model = load_inception(args.model, args.device)
     metrics = evaluate_fid(generated, real, model, args.batch_size, args.device)
     report = {"metric": "fid", "folder": str(folder.root), "real_folder": str(args.real or folder.root / "source"),
-              "samples": "all" if args.all_samples else args.sample_index, **metrics}  # fmt: skip
+              "samples": "all" if args.all_samples else args.sample_index, "excluded": sorted(folder.excluded),
+              **metrics}  # fmt: skip
     write_json(args.out or folder.root / "eval_fid.json", report)
     rows = [("FID", metrics["fid"], PAPER["COFT"], PAPER["re-scaled COFT"])]
     title = f"FID ({metrics['generated']} generated, {metrics['real']} real)"
     print(format_table((title, "value", "paper COFT (S2I)", "paper re-scaled COFT"), rows))
+    if note := excluded_note(folder):
+        print(note)
     return report
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from oft.entry_points import run_main
-from oft.metrics.folder import format_table, open_sample_folder, write_json
+from oft.metrics.folder import excluded_note, format_table, open_sample_folder, write_json
 from oft.metrics.landmark import (
     GT_FOLDER,
     GT_SIZE,
@@ -60,11 +60,14 @@ def main(args: argparse.Namespace, detector: LandmarkDetector | None = None) -> 
     detector = detector or FaceAlignmentDetector(args.device, args.model)
     metrics = evaluate_landmarks(pairs, gt, detector, args.gt_size)
     report = {"metric": "landmark", "folder": str(folder.root),
-              "samples": "all" if args.all_samples else args.sample_index, **metrics}  # fmt: skip
+              "samples": "all" if args.all_samples else args.sample_index, "excluded": sorted(folder.excluded),
+              **metrics}  # fmt: skip
     write_json(args.out or folder.root / "eval_landmark.json", report)
     rows = [("landmark error (px)", metrics["landmark_error"], PAPER["OFT"], PAPER["COFT"]),
             ("images without a face", metrics["no_face"], None, None)]  # fmt: skip
     print(format_table((f"L2F ({metrics['images']} images)", "value", "paper OFT", "paper COFT"), rows))
+    if note := excluded_note(folder):
+        print(note)
     return report
 
 

@@ -17,7 +17,7 @@ import argparse
 
 from oft.control.tasks import get_task
 from oft.entry_points import run_main
-from oft.metrics.folder import format_table, item_names, open_sample_folder, write_json
+from oft.metrics.folder import excluded_note, format_table, item_names, open_sample_folder, write_json
 from oft.metrics.segmentation import (
     LABELS_DIR,
     PAPER,
@@ -62,15 +62,23 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
         pairs = folder.pairs(None if args.all_samples else args.sample_index)
         indices, images = [p.index for p in pairs], [p.result for p in pairs]
     root = data_root(args.data_root)
+    task = get_task("segm")
     labels = label_paths(
-        args.labels or root / get_task("segm").dataset_dir / LABELS_DIR,
+        args.labels or root / task.dataset_dir / LABELS_DIR,
         item_names("segm", root),
         indices,
+        root / task.caption_file("val", full=True),  # the file item_names reads
     )
     segmenter = segmenter or load_segformer(args.model, args.device)
     metrics = evaluate_segmentation(images, labels, segmenter, reduce_zero=not args.no_reduce_zero_label)
     samples = "real" if args.real else "all" if args.all_samples else args.sample_index
-    report = {"metric": "segmentation", "folder": str(folder.root), "samples": samples, **metrics}
+    report = {
+        "metric": "segmentation",
+        "folder": str(folder.root),
+        "samples": samples,
+        "excluded": sorted(folder.excluded),
+        **metrics,
+    }
     write_json(args.out or folder.root / f"eval_segm{'_real' if args.real else ''}.json", report)
     rows = [
         (k, metrics[k], PAPER["OFT"][j], PAPER["COFT"][j]) for j, k in enumerate(("mIoU", "mAcc", "aAcc"))
@@ -80,6 +88,8 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
         print(
             f"note: {metrics['aspect_mismatch']} images differ in aspect ratio from their label maps (cropped?)"
         )
+    if note := excluded_note(folder):
+        print(note)
     return report
 
 

@@ -1,6 +1,9 @@
 """Sample the validation set with a trained control model, for evaluation (paper §3): DDIM 50 steps, CFG 9, the
 control kept in the unconditional branch, 6 samples per condition, each seeded by (item, sample) so the images
-never depend on how the work is split. Finished items are skipped, so a killed job just runs again.
+do not depend on how the work is split (byte for byte at equal --threads on the same device and software:
+other thread counts change the last bits of some pixels). Finished items are skipped, so a killed job just
+runs again. An item whose files cannot be read stops the run before sampling, naming its index and file
+(--skip-unreadable: record it in <out>/excluded/ for the evaluators and sample the others).
 
     python oft-control/test_oft_parallel.py --img_ID=1 --eps=1e-3 --r=4 --coft      # chunk 1 (a job-array task)
     python oft-control/test_oft_parallel.py --eps=1e-3 --r=4 --coft                 # all chunks, one worker per GPU
@@ -17,7 +20,8 @@ from pathlib import Path
 from oft.control.checkpoint import FINAL_MODEL, check_flags_match
 from oft.control.cli import add_model_flags, check_run_flags, dataset, run_dir
 from oft.control.defaults import add_flags, flag_names
-from oft.control.inference import SamplingJob, chunk, local_devices, run_parallel
+from oft.control.inference import SKIP_FLAG, SamplingJob, chunk, local_devices, run_parallel
+from oft.data.files import create_output_folder
 from oft.entry_points import run_main
 
 
@@ -53,7 +57,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="local mode: worker processes [default: one per visible GPU, else 1]",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="threads per CPU worker [default: cores / workers]"
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per CPU worker [default: cores / workers]; outputs are byte-identical across runs and "
+        "chunkings only at the same value",
+    )
+    p.add_argument(
+        SKIP_FLAG,
+        dest="skip_unreadable",
+        action="store_true",
+        help="record validation items whose files are missing or undecodable in <out>/excluded/item_<i>.json "
+        "(the evaluators report them) and sample the others; default: stop, naming the item and file",
     )
     p.add_argument(
         "--full",
@@ -71,16 +86,19 @@ def main(args: argparse.Namespace) -> Path:
     out = run_dir(args)
     model = args.model or str(out / FINAL_MODEL)
     check_flags_match(model, r=args.r, eps=args.eps, coft=args.coft, block_share=args.block_share)
+    out_dir = Path(args.out_dir or out / "generated")
+    create_output_folder(out_dir, f"--out_dir {out_dir}" if args.out_dir else f"--output_dir {out}")
     data = dataset(args, "val", full=args.full)
     job = SamplingJob(
         model,
         args.base,
-        Path(args.out_dir or out / "generated"),
+        out_dir,
         args.num_samples,
         args.steps,
         args.guidance,
         args.eta,
         args.seed,
+        skip_unreadable=args.skip_unreadable,
     )
     if args.img_ID is not None:
         indices, devices = list(chunk(args.img_ID, args.batch, len(data))), local_devices(1)

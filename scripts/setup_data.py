@@ -5,6 +5,9 @@
 
 Resumes interrupted downloads, verifies size and checksum, places the result only when its layout checks
 out, and does nothing when it is already in place. Exit status 0 on success, 1 with one line on failure.
+Sources with a published SHA-256 (pinned in oft/data/sources.py; the listing of --help marks them) are
+checked against it; the others are trusted on first use: the first download's size and SHA-256 are recorded in
+<root>/.oft-manifest.json, and later downloads into that root must match them.
 """
 
 from __future__ import annotations
@@ -25,21 +28,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
     first = next((a for a in argv if not a.startswith("-")), None)
     source = SOURCES.get(first)
-    listing = "\n".join(f"  {s.name:17s} {s.description} ({s.size})" for s in SOURCES.values())
+    listing = "\n".join(
+        f"  {s.name:17s} {s.description} (size {s.size}; {s.verification})" for s in SOURCES.values()
+    )
     if source:
         where = "$OFT_MODELS_ROOT or ./models" if source.models else "$OFT_DATA_ROOT or ./data"
         description = (
             f"Set up {source.name}: {source.description}.\nDownloads {source.filename} "
             f"({source.size}) from {source.urls[0]} and places {source.target} under the "
-            f"{'models' if source.models else 'data'} root ({where})."
+            f"{'models' if source.models else 'data'} root ({where}).\nVerified by: {source.verification}."
         )
     else:
         description = "Set up a dataset or checkpoint. Sources:\n" + listing
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Downloads resume from <root>/{DOWNLOADS}/<file>.part; checksums are recorded in <root>/{MANIFEST}. "
-        "A file saved by hand as <root>/.downloads/<file> is verified and unpacked instead of downloaded.",
+        epilog=f"Downloads resume from <root>/{DOWNLOADS}/<file>.part. Pinned sources are checked against their "
+        f"published SHA-256; the others are trusted on first use: size and SHA-256 are recorded in <root>/{MANIFEST} "
+        "and later downloads must match. A file saved by hand as <root>/.downloads/<file> is verified and "
+        "unpacked instead of downloaded.",
     )
     parser.add_argument("source", choices=sorted(SOURCES), help="what to set up")
     parser.add_argument("--data-root", help=f"datasets folder (default ${DATA_ROOT_ENV} or ./data)")

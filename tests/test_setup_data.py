@@ -6,6 +6,7 @@ The server serves small archives built here from the task table (good, truncated
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -72,6 +73,13 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.glob(".unpack-*"))
+
+
+@pytest.fixture
+def unpinned_sd15(monkeypatch):
+    """sd15 without its published size and SHA-256: the local server serves a small stand-in file."""
+    source = setup_data.SOURCES["sd15"]
+    monkeypatch.setitem(setup_data.SOURCES, "sd15", dataclasses.replace(source, sha256=None, size_bytes=None))
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -311,7 +319,9 @@ def test_dreambooth_layout_check_names_the_missing_subject(tmp_path):
         setup_data.SOURCES["dreambooth"].check(tmp_path)
 
 
-def test_model_download_uses_mirrors_and_sends_the_token_only_to_the_first_host(server, tmp_path, capsys):
+def test_model_download_uses_mirrors_and_sends_the_token_only_to_the_first_host(
+    server, tmp_path, capsys, unpinned_sd15
+):
     ckpt = zip_bytes({"archive/data.pkl": b"\x80\x02}q\x00." * 100})  # PyTorch checkpoints are zip files
     server.routes["/hf/v1-5-pruned.ckpt"] = Route(redirect="/cdn/signed")
     server.routes["/cdn/signed"] = Route(ckpt)
@@ -336,7 +346,7 @@ def test_model_download_uses_mirrors_and_sends_the_token_only_to_the_first_host(
     assert "Authorization" not in headers["/cdn/signed"]  # the signed CDN link gets no second credential
 
 
-def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys):
+def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys, unpinned_sd15):
     server.routes["/v1-5-pruned.ckpt"] = Route(b"<html>log in to continue</html>")
     rc, _, err = run(
         ["sd15", "--models-root", str(tmp_path), "--url", server.url("/v1-5-pruned.ckpt")], capsys
@@ -347,7 +357,9 @@ def test_model_failure_says_how_to_get_the_file_by_hand(server, tmp_path, capsys
     assert not (tmp_path / "v1-5-pruned.ckpt").exists()
 
 
-def test_hf_token_from_the_environment_only_goes_to_hugging_face(server, tmp_path, capsys, monkeypatch):
+def test_hf_token_from_the_environment_only_goes_to_hugging_face(
+    server, tmp_path, capsys, monkeypatch, unpinned_sd15
+):
     ckpt = zip_bytes({"archive/data.pkl": b"weights"})
     server.routes["/v1-5-pruned.ckpt"] = Route(ckpt)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
@@ -381,3 +393,59 @@ def test_every_script_explains_itself(script):
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout and "--data-root" in proc.stdout
+
+
+def test_pinned_downloads_refuse_a_wrong_size_or_hash(server, tmp_path, capsys, monkeypatch):
+    """sd15's published size and SHA-256 are pinned: a download that differs is refused and deleted, and the
+    pins outrank what a manifest recorded."""
+    stand_in = zip_bytes({"archive/data.pkl": b"\x80\x02}q\x00." * 100})
+    server.routes["/v1-5-pruned.ckpt"] = Route(stand_in)
+    argv = ["sd15", "--models-root", str(tmp_path), "--url", server.url("/v1-5-pruned.ckpt")]
+    source = setup_data.SOURCES["sd15"]
+    assert source.size_bytes == 7_703_807_346 and source.sha256.startswith("e1441589a6f3")
+
+    def refused(expected: str) -> None:
+        rc, _, err = run(argv, capsys)
+        line = error_line(err)
+        assert rc == 1 and expected in line and "the published value" in line, line
+        assert not (tmp_path / "v1-5-pruned.ckpt").exists()
+        assert not (tmp_path / ".downloads/v1-5-pruned.ckpt").exists()  # deleted: a rerun fetches it again
+
+    refused(f"has {len(stand_in):,} bytes but 7,703,807,346 is")  # the size is checked before the checksum
+    monkeypatch.setitem(setup_data.SOURCES, "sd15", dataclasses.replace(source, size_bytes=len(stand_in)))
+    refused("but e1441589a6f3… is")
+    digest = hashlib.sha256(stand_in).hexdigest()
+    pinned = dataclasses.replace(source, size_bytes=len(stand_in), sha256=digest)
+    monkeypatch.setitem(setup_data.SOURCES, "sd15", pinned)
+    (tmp_path / download.MANIFEST).write_text(
+        json.dumps({"v1-5-pruned.ckpt": {"size": 1, "sha256": "0" * 64}})
+    )
+    rc, out, _ = run(argv, capsys)
+    assert rc == 0 and digest in out and (tmp_path / "v1-5-pruned.ckpt").read_bytes() == stand_in
+
+
+def test_unpinned_sources_are_held_to_the_size_recorded_on_first_use(server, tmp_path, capsys):
+    archive = ade20k_zip()
+    server.routes["/ade.zip"] = Route(archive)
+    assert setup_data.SOURCES["ade20k"].sha256 is None  # the keeper archives publish no checksum
+    record = {"size": len(archive) + 1, "sha256": hashlib.sha256(archive).hexdigest()}
+    (tmp_path / download.MANIFEST).write_text(json.dumps({"ade20k.zip": record}))
+    rc, _, err = run(["ade20k", "--data-root", str(tmp_path), "--url", server.url("/ade.zip")], capsys)
+    line = error_line(err)
+    assert rc == 1 and f"has {len(archive):,} bytes but {len(archive) + 1:,} was recorded" in line
+    assert not (tmp_path / "ADE20K").exists()
+
+
+def test_help_says_which_sources_are_pinned(capsys):
+    with pytest.raises(SystemExit):
+        setup_data.parse_args(["--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    for name, source in setup_data.SOURCES.items():
+        expected = "pinned SHA-256" if source.sha256 else "trust on first use"
+        assert expected in lines[name], lines[name]
+    assert {n for n, s in setup_data.SOURCES.items() if s.sha256} == {
+        "sd15",
+        "coco_train2017",
+        "coco_val2017",
+        "coco_annotations",
+    }

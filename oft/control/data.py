@@ -2,8 +2,13 @@
 
 Every item is ``{"jpg": target (3, H, W) in [-1, 1], "hint": control (3, H, W) in [0, 1], "txt": caption,
 "index": int}`` (the reference's keys, channels first). Problems surface at construction with one line naming
-the path and the setup script; an individual image that fails to decode is skipped with a counted warning, so
-a single bad file never stops a run hours in.
+the path and the setup script.
+
+Item ``i`` of a validation split is always line ``i`` of its caption file: the sampler writes it as
+``image_{i}.png`` and the evaluators look up its label by that position, so a missing or undecodable file there
+raises ``UnreadableItemError`` (index and path) instead of letting another item take its place. Only the
+training split, whose order is shuffled anyway, drops items with missing files and replaces an undecodable
+one by the next readable item (counted, warned), so a single bad file never stops training hours in.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ _SPLIT_SEED = {"train": 0, "val": 1}  # synthetic val items come from another se
 
 class DataError(FileNotFoundError):
     """A dataset folder, caption file or image is missing or unreadable; the message says how to fix it."""
+
+
+class UnreadableItemError(DataError):
+    """Item ``index`` of an index-keeping dataset has a file ``path`` that is missing or cannot be decoded."""
+
+    def __init__(self, message: str, index: int, path: Path) -> None:
+        super().__init__(message)
+        self.index, self.path = index, path
+
+    def __reduce__(self):  # picklable with its fields (DataLoader and spawned workers pass errors on)
+        return type(self), (str(self), self.index, self.path)
 
 
 def _fix_hint(task: Task) -> str:
@@ -65,6 +81,8 @@ class ControlDataset(Dataset):
 
     ``full=True`` reads the full validation list (``prompt_val_blip_full.json``), as the evaluation did.
     Images are resized to ``resolution`` when they differ (landmark targets are 1024 px, SPEC §3).
+    ``keep_indices`` (default: every split but "train") makes item ``i`` caption entry ``i`` always: an entry
+    whose files are missing or undecodable stays in place and raises ``UnreadableItemError`` when read.
     """
 
     def __init__(
@@ -74,15 +92,17 @@ class ControlDataset(Dataset):
         root: str | Path | None = None,
         resolution: int = 512,
         full: bool = False,
+        keep_indices: bool | None = None,
     ) -> None:
         self.task = get_task(task) if isinstance(task, str) else task
         self.split, self.resolution = split, resolution
+        self.keep_indices = split != "train" if keep_indices is None else keep_indices
         self.root = data_root(root) / self.task.dataset_dir
         if not self.root.is_dir():
             raise DataError(
                 f"missing data folder {self.root} for --control {self.task.name}: {_fix_hint(self.task)}"
             )
-        captions = data_root(root) / self.task.caption_file(split, full)
+        self.captions = captions = data_root(root) / self.task.caption_file(split, full)
         if not captions.is_file():
             raise DataError(
                 f"missing caption file {captions} for --control {self.task.name}: {_fix_hint(self.task)}"
@@ -97,20 +117,22 @@ class ControlDataset(Dataset):
             ) from None
         self.items: list[tuple[Path, Path, str]] = []
         missing: list[Path] = []
+        complete = 0
         for (hint, target), prompt in zip(files, prompts, strict=True):
             paths = (self.root / hint, self.root / target)
             absent = [p for p in paths if not p.is_file()]
             missing += absent
-            if not absent:
+            complete += not absent
+            if not absent or self.keep_indices:  # kept in place: reading it names the missing file
                 self.items.append((*paths, prompt))
-        if not self.items:
+        if not complete:
             raise DataError(
                 f"none of the {len(entries)} items of {captions} has its files (first missing: "
                 f"{missing[0] if missing else 'no entries'}): {_fix_hint(self.task)}"
             )
-        if missing:
+        if missing and not self.keep_indices:
             warnings.warn(
-                f"{captions}: skipping {len(entries) - len(self.items)} of {len(entries)} items whose files are "
+                f"{captions}: skipping {len(entries) - complete} of {len(entries)} items whose files are "
                 f"missing (first: {missing[0]}); re-run the setup script to complete the data",
                 stacklevel=2,
             )
@@ -120,13 +142,24 @@ class ControlDataset(Dataset):
         return len(self.items)
 
     def load(self, index: int) -> dict:
+        """Item ``index`` as read from disk; ``UnreadableItemError`` (index, path) if a file is absent or bad."""
         hint_path, target_path, prompt = self.items[index]
-        target = read_rgb(target_path, self.resolution, cv2.INTER_AREA)
-        hint = read_rgb(hint_path, self.resolution, cv2.INTER_NEAREST)  # keeps label colours of segm maps
-        return to_item(target, hint, prompt, index)
+        images = []
+        for path, interpolation in ((target_path, cv2.INTER_AREA), (hint_path, cv2.INTER_NEAREST)):
+            if not path.is_file():
+                raise UnreadableItemError(
+                    f"item {index} of {self.captions}: missing file {path}", index, path
+                )
+            try:  # nearest-neighbour for the hint keeps the label colours of segm maps
+                images.append(read_rgb(path, self.resolution, interpolation))
+            except DataError as err:
+                raise UnreadableItemError(f"item {index} of {self.captions}: {err}", index, path) from None
+        return to_item(*images, prompt, index)
 
     def __getitem__(self, index: int) -> dict:
-        # An undecodable file is replaced by the next readable item (counted, warned) instead of a crash.
+        if self.keep_indices:
+            return self.load(index)
+        # Training: an undecodable file is replaced by the next readable item (counted, warned), not a crash.
         for offset in range(len(self.items)):
             try:
                 return self.load((index + offset) % len(self.items))
@@ -171,11 +204,13 @@ def build_dataset(
     synthetic_hint: str = "canny",
     synthetic_length: int | None = None,
     seed: int = 0,
+    keep_indices: bool | None = None,
 ) -> Dataset:
-    """The dataset of ``--control`` ``control`` (a ``TASKS`` name or ``"synthetic"``) for ``split``."""
+    """The dataset of ``--control`` ``control`` (a ``TASKS`` name or ``"synthetic"``) for ``split``
+    (``keep_indices``: see ``ControlDataset``; synthetic items are generated, so always in place)."""
     if control == SYNTHETIC:
         return SyntheticDataset(split, synthetic_length, resolution, synthetic_hint, seed)
-    return ControlDataset(control, split, root, resolution, full)
+    return ControlDataset(control, split, root, resolution, full, keep_indices)
 
 
 def collate(items: list[dict]) -> dict:

@@ -4,9 +4,19 @@ or CPU worker, seeded per item, resumable, in the reference's output layout (SPE
     <out>/source/image_{i}.png      target (ground truth) of item i
     <out>/hints/hint_{i}.png        its control image
     <out>/results/result_{i}_{n}.png  sample n of item i (n < num_samples)
+    <out>/excluded/item_{i}.json    only with ``skip_unreadable``: item i could not be read (why), no outputs
+
+Item i is always line i of the caption file (``ControlDataset`` keeps indices): before sampling, every item to
+do is read once, and an unreadable one stops the run with its index and path (``UnreadableItemError``), or with
+``skip_unreadable`` is recorded in ``excluded/`` (which every evaluator reads and reports) while the others
+are sampled. A later run retries recorded items, and a successful one removes its record.
 
 Sample (i, n) uses the seed ``sample_seed(seed, i, n)``, and every item is sampled as its own batch of
-``num_samples``, so the images do not depend on how items are split into chunks or workers.
+``num_samples``, so which images are drawn does not depend on how items are split into chunks or workers.
+The pixels are identical byte for byte only when every process computes the same way: the same device and
+software (kernels) and the same number of threads per CPU worker (``threads``; its default depends on the
+cores and workers). Another thread count makes some GEMM and convolution kernels split their sums otherwise,
+which changes the last bits of a few pixels (measured on CPU, 1 against 2 threads).
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from tqdm.auto import tqdm
 
 import oft_layers
 from oft.control.checkpoint import ControlModel, load_control
+from oft.control.data import DataError, UnreadableItemError
 from oft.control.images import write_png
+from oft.data.files import atomic_write_json
 from oft.sd import add_to_conv_in, sample
 
 
@@ -38,6 +50,11 @@ class SamplingJob:
     guidance: float = 9.0
     eta: float = 0.0
     seed: int = 0
+    skip_unreadable: bool = False  # record unreadable items in <out>/excluded/ and sample the rest
+
+
+EXCLUDED = "excluded"  # <out>/excluded/item_{i}.json: items the sampler could not read (oft.metrics.folder)
+SKIP_FLAG = "--skip-unreadable"  # test_oft_parallel.py's flag for ``SamplingJob.skip_unreadable``
 
 
 @torch.no_grad()
@@ -88,6 +105,56 @@ def is_done(out_dir: Path, index: int, num_samples: int) -> bool:
     return all(p.is_file() for p in output_paths(out_dir, index, num_samples))
 
 
+def excluded_path(out_dir: Path, index: int) -> Path:
+    """The record of an item the sampler could not read (written only with ``skip_unreadable``)."""
+    return out_dir / EXCLUDED / f"item_{index}.json"
+
+
+def find_unreadable(dataset: Dataset, indices: list[int]) -> dict[int, DataError]:
+    """{index: the error} for the items of ``indices`` whose files are missing or cannot be decoded.
+
+    Reads each item once (a few ms per 512-px pair, against seconds of sampling per item), so a bad file
+    stops the run before any sampling instead of hours in.
+    """
+    bad = {}
+    for i in tqdm(indices, desc="checking items", disable=None, leave=False):
+        try:
+            dataset[i]
+        except DataError as err:
+            bad[i] = err
+    return bad
+
+
+def check_items(job: SamplingJob, dataset: Dataset, indices: list[int]) -> list[int]:
+    """The unfinished items of ``indices`` that can be read: unreadable ones stop the run (one line naming
+    the first and how many), or with ``job.skip_unreadable`` are recorded in ``excluded/`` and left out.
+
+    Records of items that are finished (or readable now) are removed: an item is either sampled or recorded.
+    """
+    todo = []
+    for i in indices:
+        if is_done(job.out_dir, i, job.num_samples):
+            excluded_path(job.out_dir, i).unlink(missing_ok=True)  # a run killed after the outputs
+        else:
+            todo.append(i)
+    bad = find_unreadable(dataset, todo)
+    if bad and not job.skip_unreadable:
+        first = min(bad)
+        raise UnreadableItemError(
+            f"{len(bad)} of {len(todo)} items to sample cannot be read, first {bad[first]}: restore the file "
+            f"(re-run the data setup script) so that every item keeps its index, or pass {SKIP_FLAG} to "
+            f"sample the others and record these in {job.out_dir / EXCLUDED}/",
+            first,
+            getattr(bad[first], "path", None),
+        )
+    for i, err in bad.items():
+        atomic_write_json(excluded_path(job.out_dir, i), {"index": i, "reason": str(err)})
+    for i in todo:
+        if i not in bad:
+            excluded_path(job.out_dir, i).unlink(missing_ok=True)
+    return [i for i in todo if i not in bad]
+
+
 def run_items(
     job: SamplingJob, dataset: Dataset, indices: list[int], device: str = "cpu", desc: str = ""
 ) -> int:
@@ -117,6 +184,7 @@ def run_items(
         write_png(hint, item["hint"])
         # the target last: evaluators index items by it, so it marks a complete item
         write_png(source, (item["jpg"] + 1) / 2)
+        excluded_path(job.out_dir, i).unlink(missing_ok=True)  # readable now: no longer excluded
     return len(todo)
 
 
@@ -142,10 +210,13 @@ def run_parallel(
 ) -> None:
     """Spread the chunks of ``indices`` (``batch`` items each) round-robin over one process per device.
 
-    CPU workers get ``threads`` threads each (default: the cores divided among them).
+    Every unfinished item is read first (``check_items``): an unreadable one stops the run before any
+    sampling, or is recorded and left out with ``job.skip_unreadable``. CPU workers get ``threads`` threads
+    each (default: the cores divided among them); outputs are byte-identical across runs at equal ``threads``.
     """
+    readable = set(check_items(job, dataset, indices))
     chunks = [indices[s : s + batch] for s in range(0, len(indices), batch)]
-    shards = [[i for c in chunks[w :: len(devices)] for i in c] for w in range(len(devices))]
+    shards = [[i for c in chunks[w :: len(devices)] for i in c if i in readable] for w in range(len(devices))]
     threads = threads or max(1, (os.cpu_count() or 1) // len(devices))
     args = (job, dataset, shards, devices, threads)
     if len(devices) == 1:

@@ -5,8 +5,9 @@ folder or file under the data (or models) root:
 
 1. ``fetch``: HTTP download into ``<root>/.downloads/<name>.part`` with resume (``Range``), retries with
    back-off and a progress bar; the size is checked against what the server announced.
-2. ``verify``: SHA-256 against the pinned checksum or the one recorded in ``<root>/.oft-manifest.json``
-   on the first success; archives must be valid zip files.
+2. ``verify``: size and SHA-256 against the published values pinned in ``oft.data.sources`` or, for sources
+   that publish none, against those recorded in ``<root>/.oft-manifest.json`` on the first success (trust on
+   first use); archives must be valid zip files.
 3. ``unpack``: extract into ``<root>/.unpack-<name>-*`` (same file system), find the folder with the
    expected layout, check it, and only then rename it into place: the result exists complete or not at all.
 
@@ -75,9 +76,17 @@ class Source:
     member: str | None = None  # folder inside the archive that becomes ``target``; None: look for it
     git_url: str | None = None  # alternative to the archive: clone and take ``git_member``
     git_member: str | None = None
-    sha256: str | None = None  # pinned checksum, once known (the manifest records it on first success)
+    sha256: str | None = None  # pinned published checksum; None: trust on first use (the manifest records it)
     size: str = "unknown"  # approximate size on disk, for --help and the README
     models: bool = False  # lives under the models root instead of the data root
+    size_bytes: int | None = None  # pinned published size in bytes, checked before the (long) checksum
+
+    @property
+    def verification(self) -> str:
+        """How a download of this source is checked, for --help and the README."""
+        if self.sha256:
+            return "pinned SHA-256" + (" and size" if self.size_bytes else "")
+        return "trust on first use: no published checksum"
 
 
 def say(message: str) -> None:
@@ -313,16 +322,34 @@ def fetch_any(
 def verify(source: Source, path: Path, root: Path, progress: bool = True) -> str:
     """Check a downloaded file's checksum (pinned or recorded) and, for archives, the zip structure.
 
-    Returns its SHA-256. A file that fails is deleted so that the next run downloads it again.
+    Pinned values (published, ``oft.data.sources``) take precedence over recorded ones (the manifest's first
+    success). Returns its SHA-256. A file that fails is deleted so that the next run downloads it again.
     """
-    expected = source.sha256 or read_manifest(root).get(source.filename, {}).get("sha256")
+    recorded = read_manifest(root).get(source.filename, {})
+    pinned = source.sha256 is not None
+    if pinned:
+        why = (
+            "the published value: the download was corrupt or truncated (deleted; rerun to fetch it again), or "
+            "the mirror serves another file (pass --url with the original source)"
+        )
+    else:
+        why = (
+            f"was recorded on the first download: the download was corrupt (deleted; rerun to fetch it again) or "
+            f"the source changed (then remove its entry from {root / MANIFEST})"
+        )
+    want_size = source.size_bytes if pinned else recorded.get("size")
+    size = path.stat().st_size
+    if want_size is not None and size != want_size:
+        path.unlink()
+        raise SetupError(
+            f"{source.filename} has {size:,} bytes but {want_size:,} {'is ' if pinned else ''}{why}"
+        )
+    expected = source.sha256 if pinned else recorded.get("sha256")
     digest = sha256_file(path, progress)
     if expected and digest != expected:
         path.unlink()
         raise SetupError(
-            f"{source.filename} has SHA-256 {digest[:12]}… but {expected[:12]}… was recorded: the download "
-            f"was corrupt (deleted; rerun to fetch it again) or the source changed (then remove its entry from "
-            f"{root / MANIFEST})"
+            f"{source.filename} has SHA-256 {digest[:12]}… but {expected[:12]}… {'is ' if pinned else ''}{why}"
         )
     if source.kind == "zip" and not zipfile.is_zipfile(path):
         path.unlink()

@@ -1,9 +1,17 @@
 """Where every dataset and checkpoint comes from (SPEC §7): the table behind ``scripts/setup_data.py``.
 
 URLs and archive names are the reference setup scripts'; each entry's layout check comes from the readers'
-own tables (``TASKS``, ``SUBJECTS``). Sizes are approximate public figures, "unknown" where none is published.
-Checksums are not pinned yet: the first successful setup records them in ``<root>/.oft-manifest.json`` and
-prints them, so that a maintainer can pin them here.
+own tables (``TASKS``, ``SUBJECTS``). ``size`` strings are approximate public figures, "unknown" where none is
+published.
+
+Verification (``Source.verification``, shown by ``setup_data.py --help``):
+
+- pinned: ``sha256`` (and ``size_bytes`` where published) is the value published for that exact file, each
+  with the place it was read in a comment; a download that differs is refused and deleted.
+- trust on first use: the OFT authors' keeper archives (ADE20K, CelebA-HQ, DeepFashion) publish no checksum,
+  and the DreamBooth archive is GitHub's snapshot of a moving branch (and a clone is not one file). The first
+  successful setup records size and SHA-256 in ``<root>/.oft-manifest.json`` and prints them; later downloads
+  into the same root must match them. Pin a value here only once it is published by a source you can cite.
 """
 
 from __future__ import annotations
@@ -76,6 +84,13 @@ SOURCES: dict[str, Source] = {
             kind="file",
             size="about 7.7 GB",
             models=True,
+            # The Hugging Face hub's Git LFS pointer of runwayml's v1-5-pruned.ckpt, read on the hub's own pages:
+            # "Git LFS Details: SHA256 e144…a053" of the file in huggingface.co/drdiffusion/StDiffClo (a hub
+            # "Duplicate from runwayml/stable-diffusion-v1-5", which copies the pointers), and the pointer text
+            # "oid sha256:e144…a053 / size 7703807346" in huggingface.co/taini/SdTraining commit 56624cda; a
+            # file listing of runwayml/stable-diffusion-v1-5 gives v1-5-pruned.ckpt as 7703807346 bytes too.
+            sha256="e1441589a6f3c5a53f5f54d0975a18a7feb7cdf0b0dee276dfc3331ae376a053",
+            size_bytes=7_703_807_346,
         ),
         Source(
             "coco_train2017",
@@ -86,6 +101,9 @@ SOURCES: dict[str, Source] = {
             check_image_folder,
             member="train2017",
             size="about 18 GB",
+            # COCO publishes no checksums; torchvision pins these (pytorch/vision,
+            # torchvision/prototype/datasets/_builtin/coco.py, _IMAGES_CHECKSUMS[("2017", "train")]).
+            sha256="69a8bb58ea5f8f99d24875f21416de2e9ded3178e903f1f7603e283b9e06d929",
         ),
         Source(
             "coco_val2017",
@@ -96,6 +114,8 @@ SOURCES: dict[str, Source] = {
             check_image_folder,
             member="val2017",
             size="about 0.8 GB",
+            # torchvision's pin, as above: _IMAGES_CHECKSUMS[("2017", "val")]
+            sha256="4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05",
         ),
         Source(
             "coco_annotations",
@@ -106,6 +126,8 @@ SOURCES: dict[str, Source] = {
             check_coco_annotations,
             member="annotations",
             size="about 0.25 GB",
+            # torchvision's pin, as above: _META_CHECKSUMS["2017"] (annotations_trainval2017.zip)
+            sha256="113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268",
         ),
     ]
 }

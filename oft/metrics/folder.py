@@ -4,11 +4,13 @@
 
 - ``source/image_{i}.png``: the ground-truth target image,
 - ``hints/hint_{i}.png``: the control image,
-- ``results/result_{i}_{n}.png``: generated sample ``n`` (0..5 in the paper's setup).
+- ``results/result_{i}_{n}.png``: generated sample ``n`` (0..5 in the paper's setup),
+- ``excluded/item_{i}.json`` (only with its ``--skip-unreadable``): item ``i`` could not be read, no outputs.
 
-Evaluators pair items by ``i``. By default they score sample 0, as the paper did; a given sample index or
-every sample present can be chosen instead. A missing result is an error that says how many are missing,
-never a silently smaller average.
+Evaluators pair items by ``i``, which is always line ``i`` of the caption file. By default they score sample 0,
+as the paper did; a given sample index or every sample present can be chosen instead. A missing result is an
+error that says how many are missing, never a silently smaller average; excluded items are listed in every
+report (``excluded``) and printed (``excluded_note``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ from oft.data.files import atomic_write_json
 
 _SOURCE = re.compile(r"image_(\d+)\.png")
 _RESULT = re.compile(r"result_(\d+)_(\d+)\.png")
+_EXCLUDED = re.compile(r"item_(\d+)\.json")
+EXCLUDED = "excluded"  # the sampler's folder of unreadable items (oft.control.inference.EXCLUDED)
 
 
 class MissingResultsError(FileNotFoundError):
@@ -47,10 +51,12 @@ class Pair:
 
 @dataclass(frozen=True)
 class SampleFolder:
-    """An output folder of the sampler; ``indices`` are the items with a ground-truth image, sorted."""
+    """An output folder of the sampler; ``indices`` are the items with a ground-truth image, sorted;
+    ``excluded`` the items the sampler recorded as unreadable (index -> reason), which have no outputs."""
 
     root: Path
     indices: tuple[int, ...]
+    excluded: dict[int, str] = field(default_factory=dict)
 
     def source(self, i: int) -> Path:
         return self.root / "source" / f"image_{i}.png"
@@ -95,9 +101,45 @@ def open_sample_folder(root: str | os.PathLike) -> SampleFolder:
             "(expected source/image_{i}.png, hints/hint_{i}.png, results/result_{i}_{n}.png)"
         )
     indices = sorted(int(m.group(1)) for p in source.iterdir() if (m := _SOURCE.fullmatch(p.name)))
+    excluded = read_excluded(root)
     if not indices:
-        raise FileNotFoundError(f"{source} holds no image_{{i}}.png files")
-    return SampleFolder(root, tuple(indices))
+        more = f" ({len(excluded)} items excluded as unreadable, see {root / EXCLUDED})" if excluded else ""
+        raise FileNotFoundError(f"{source} holds no image_{{i}}.png files{more}")
+    both = sorted(set(indices) & set(excluded))
+    if both:
+        raise ValueError(
+            f"{root}: items {both[:5]} have outputs and an exclusion record ({EXCLUDED}/item_{both[0]}.json): "
+            "re-run the sampler on this folder to settle them"
+        )
+    return SampleFolder(root, tuple(indices), excluded)
+
+
+def read_excluded(root: Path) -> dict[int, str]:
+    """The items the sampler recorded in ``root/excluded/`` as unreadable: index -> reason."""
+    folder = Path(root) / EXCLUDED
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in sorted(folder.iterdir()):
+        if m := _EXCLUDED.fullmatch(path.name):
+            try:
+                out[int(m.group(1))] = str(json.loads(path.read_text()).get("reason", ""))
+            except (ValueError, AttributeError):
+                raise ValueError(f"{path} is not an exclusion record of the sampler: delete it") from None
+    return out
+
+
+def excluded_note(folder: SampleFolder) -> str | None:
+    """One line for the evaluators' output when the sampler left items out (None when it left none)."""
+    if not folder.excluded:
+        return None
+    shown = ", ".join(str(i) for i in sorted(folder.excluded)[:10]) + (
+        ", ..." if len(folder.excluded) > 10 else ""
+    )
+    return (
+        f"note: {len(folder.excluded)} items were excluded by the sampler as unreadable (items {shown}; reasons in "
+        f"{folder.root / EXCLUDED}/): the scores cover the other {len(folder.indices)}"
+    )
 
 
 def item_names(task_name: str, data_root: Path, split: str = "val") -> list[str]:

@@ -189,10 +189,17 @@ def evaluate_segmentation(
     return metrics
 
 
-def label_paths(folder: str | os.PathLike, names: Sequence[str], indices: Sequence[int]) -> list[Path]:
-    """The annotation ``folder/<stem>.png`` of each item ``i`` in ``indices`` (item ``i`` is ``names[i]``).
+def label_paths(
+    folder: str | os.PathLike,
+    names: Sequence[str],
+    indices: Sequence[int],
+    captions: str | os.PathLike = "the caption file",
+) -> list[Path]:
+    """The annotation ``folder/<stem>.png`` of each item ``i`` in ``indices`` (item ``i`` is ``names[i]``,
+    line ``i`` of ``captions``).
 
-    Raises one error that counts the items without a name (index past the caption file) or without a file.
+    Raises one error (``ValueError``: index past the caption file; ``FileNotFoundError``: no label map) that
+    counts the items concerned and names the fix.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -202,7 +209,11 @@ def label_paths(folder: str | os.PathLike, names: Sequence[str], indices: Sequen
         )
     beyond = [i for i in indices if i >= len(names)]
     if beyond:
-        raise IndexError(f"{len(beyond)} items (e.g. {beyond[:3]}) are past the {len(names)} caption entries")
+        raise ValueError(
+            f"{len(beyond)} of {len(indices)} sampled items (e.g. {beyond[:3]}) are past the {len(names)} entries "
+            f"of {captions}: the folder was sampled from another caption list; evaluate it against the caption "
+            "file the sampler read (--data-root)"
+        )
     paths = [folder / f"{Path(names[i]).stem}.png" for i in indices]
     absent = [p.name for p in paths if not p.is_file()]
     if absent:

@@ -201,13 +201,34 @@ def save_single_file(models: SDModels, path: str | os.PathLike) -> Path:
     return path
 
 
+UNREADABLE_FIX = (
+    "it is truncated or corrupt (an interrupted download or copy?): download it again (SD1.5: "
+    "`bash scripts/download_model.sh`, which verifies the file) or pass another checkpoint"
+)
+
+
+def unreadable_message(path: str | os.PathLike, kind: str, err: BaseException) -> str:
+    """One line for a weight file that its reader rejects: the file, the reader's complaint, the fix."""
+    # The reader's first sentence only: torch's messages run to paragraphs (and advise weights_only=False).
+    first = re.split(r"\.\s|\n", str(err).strip(), maxsplit=1)[0].strip()
+    detail = f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
+    return f"cannot read {path} as a {kind} ({detail}): {UNREADABLE_FIX}"
+
+
 def read_single_file(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict of a ``.safetensors`` or ``.ckpt`` file (memory-mapped, tensors only: no code runs)."""
+    """The state dict of a ``.safetensors`` or ``.ckpt`` file (memory-mapped, tensors only: no code runs).
+
+    A file its reader rejects (truncated, corrupt, not a checkpoint) is a ``ValueError`` of one line naming it
+    and the fix.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...: the same one-line explanation
+            raise ValueError(unreadable_message(path, "safetensors file", err)) from None
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -216,9 +237,7 @@ def read_single_file(path: str | os.PathLike) -> dict[str, Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure gets the same one-line explanation
-        raise ValueError(
-            f"cannot read {path} as a PyTorch checkpoint of tensors ({type(err).__name__}: {err})"
-        ) from err
+        raise ValueError(unreadable_message(path, "PyTorch checkpoint of tensors", err)) from None
     return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
 
 

@@ -7,7 +7,11 @@ architecture, weight-free with ``device="meta"``); ``load_sd`` fills it from a c
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +32,9 @@ def short_hash(text: str) -> str:
 class SDModels:
     """The parts of Stable Diffusion that OFT training and sampling need.
 
-    ``identity`` names the base weights' source (checkpoints store it and refuse resuming against another base).
+    ``identity`` names the base weights (checkpoints store it and refuse resuming against another base): a
+    content fingerprint for loaded files (``identity_of``), ``<preset>-seed<n>`` for random builds. Compare a
+    recorded one with ``same_base``, which also accepts ``legacy_identity``, the older path+size+mtime form.
     """
 
     unet: UNet2DConditionModel
@@ -39,6 +45,12 @@ class SDModels:
     preset: str
     identity: str
     latent_scale: float = LATENT_SCALE
+    legacy_identity: str | None = None  # what files written before fingerprints recorded for these weights
+
+    def same_base(self, recorded: str | None) -> bool:
+        """Whether ``recorded`` (a checkpoint's base identity) names these weights: the content fingerprint,
+        or, for files written before it, the legacy path+size+mtime form of the same file, untouched."""
+        return recorded is not None and recorded in (self.identity, self.legacy_identity)
 
     def freeze(self) -> SDModels:
         """Freeze the three networks (``requires_grad_(False)`` and ``eval()``): OFT trains only what it injects."""
@@ -134,11 +146,99 @@ def build_sd(preset: str = "tiny", seed: int = 0, device: torch.device | str = "
     return assemble(preset, unet, vae, text_encoder, identity=f"{preset}-seed{seed}")
 
 
-def _identity_of(path: Path) -> str:
-    """Hash of the resolved path, size and mtime of the weights (every weight file for a folder)."""
+def legacy_identity_of(path: Path) -> str:
+    """The identity files recorded before content fingerprints: a hash of the resolved path, size and mtime of
+    the weights (every file for a folder). Kept only to recognise those files' base while it is untouched."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     return short_hash(stamp)
+
+
+FINGERPRINT_PREFIX = "fp1:"  # the fingerprint recipe's version; legacy identities are bare 12-hex hashes
+_SLICES, _SLICE_BYTES = 16, 1 << 16  # fixed slices of the data read per file: 1 MiB at most
+_MAX_HEADER = 64 << 20  # a safetensors header is ~0.1 MB for SD1.5: a length beyond this is not one
+
+
+def _structure(f, size: int) -> tuple[bytes, int]:
+    """What describes every tensor of an open weight file, read without touching the tensor data, and where
+    the data starts (the slices of ``fingerprint_file`` are taken from there on).
+
+    safetensors: the JSON header (names, dtypes, shapes, offsets). A zip (PyTorch's ``.ckpt``/``.bin`` since
+    1.6): its central directory as ``zipfile`` lists it: name, CRC-32 and size of every record, so the CRC-32
+    that ``torch.save`` computes of each storage covers the whole content. Anything else: nothing (the slices
+    alone then tell files apart).
+    """
+    f.seek(0)
+    head = f.read(9)
+    if len(head) == 9:
+        n = struct.unpack("<Q", head[:8])[0]
+        if head[8:9] == b"{" and n <= min(size - 8, _MAX_HEADER):
+            try:
+                header = json.loads(head[8:] + f.read(n - 1))
+            except ValueError:
+                header = None
+            if isinstance(header, dict):
+                # the tensors' entries in a canonical order; ``__metadata__`` (free text, written in hash-map
+                # order, so it differs between two saves of the same weights) is not the weights
+                header.pop("__metadata__", None)
+                return b"safetensors:" + json.dumps(header, sort_keys=True).encode(), 8 + n
+    f.seek(0)
+    try:
+        with zipfile.ZipFile(f) as zf:
+            rows = [f"{i.filename}:{i.CRC:08x}:{i.file_size}" for i in zf.infolist()]
+        return ("zip:" + "|".join(rows)).encode(), 0
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return b"", 0
+
+
+def fingerprint_file(path: Path, digest) -> None:
+    """Feed ``digest`` with a cheap summary of ``path``'s bytes: size, structure (``_structure``) and
+    ``_SLICES`` slices of ``_SLICE_BYTES`` at fixed relative positions of the data (its first and last bytes
+    included).
+
+    Reads the header or central directory plus 1 MiB, never the whole file (SD1.5's .ckpt is 7.7 GB). Two
+    files with the same bytes always agree; files differing only inside unsampled bytes of a format without
+    per-record checksums (safetensors) can collide: a deliberate trade of certainty for a read of ~1 MiB.
+    """
+    size = path.stat().st_size
+    digest.update(f"size:{size};".encode())
+    with open(path, "rb") as f:
+        structure, start = _structure(f, size)
+        digest.update(structure)
+        span = min(_SLICE_BYTES, size - start)
+        for k in range(_SLICES):
+            f.seek(start + (size - start - span) * k // (_SLICES - 1))
+            digest.update(f.read(span))
+
+
+def identity_of(path: str | os.PathLike) -> str:
+    """The base's identity: a content fingerprint (``fingerprint_file``) of the weights ``load_sd`` reads.
+
+    Independent of the path and of timestamps, so a copied, moved or ``touch``ed file keeps it, while other
+    weights change it. A diffusers folder: the same over the weight file it loads for each part (other files
+    in the folder do not count).
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        fingerprint_file(path, digest)
+    else:
+        for part, names in _WEIGHT_NAMES.items():
+            found = next((path / part / n for n in names if (path / part / n).is_file()), None)
+            if found is not None:
+                digest.update(f"{part}/{found.name};".encode())
+                fingerprint_file(found, digest)
+    return FINGERPRINT_PREFIX + digest.hexdigest()[:16]
+
+
+def identity_mismatch_hint(recorded: str) -> str:
+    """Why a recorded identity may not match, for the one-line refusals of the callers that compare them."""
+    if not re.fullmatch(r"[0-9a-f]{12}", recorded):  # a fingerprint (or a random build's name)
+        return "the weights differ"
+    return (
+        "it was recorded in the older path+size+mtime form, which also changes when the same file is "
+        "copied, moved or touched"
+    )
 
 
 def missing_checkpoint_message(path: str | os.PathLike) -> str:
@@ -267,5 +367,6 @@ def load_sd(
         preset, (unet, vae, text_encoder) = _folder_networks(path, preset)
     else:
         preset, (unet, vae, text_encoder) = _single_file_networks(path, preset, ema)
-    models = assemble(preset, unet, vae, text_encoder, identity=_identity_of(path))
+    models = assemble(preset, unet, vae, text_encoder, identity=identity_of(path))
+    models.legacy_identity = legacy_identity_of(path)
     return models.to(dtype=dtype)

@@ -1,7 +1,9 @@
 """The paper's samplers with classifier-free guidance: DDIM (control evaluation) and DPM-Solver (DreamBooth).
 
 Seeds are per item: item i's initial noise (and DDIM's η-noise) comes from ``Generator().manual_seed(seeds[i])``,
-so an image depends on its own seed and prompt only, not on how the items were batched.
+so an image depends on its own seed and prompt only, not on how the items were batched, up to floating-point
+rounding: another batch size or thread count can change the kernels' summation order and so the last bits.
+Bit-identical images need the same batch, device, software and thread count.
 """
 
 from __future__ import annotations
