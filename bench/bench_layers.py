@@ -21,7 +21,7 @@ from torch import nn
 
 from oft.data.files import atomic_write_bytes, atomic_write_json
 from oft.timing import Traffic, busy_warning, describe, interleaved, machine_info, run_child
-from oft_layers import OFTLinear
+from oft_layers import OFTLinear, use_path_policy
 
 # (name, in, out, tokens): SD1.5 at 512 px, batch 2 (64x64, 32x32, 16x16 latents; 77 text tokens)
 SHAPES = [
@@ -34,6 +34,7 @@ SHAPES = [
 ]
 BASELINE, CONTROL = "frozen Linear", "frozen Linear (control copy)"
 OURS = ("OFT weight-centric", "OFT input-centric")
+MEASURED = "OFT auto, policy measure"  # the same layer, its way timed where the FLOP rule is unsure
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,7 +67,7 @@ def variants(base: nn.Linear, r: int, group: str) -> dict[str, nn.Module]:
         out[f"PEFT OFT r={r} exact Cayley"] = _peft_layer(base, cfg)
         return out
     out[CONTROL] = copy.deepcopy(frozen)
-    for path, label in [("auto", "OFT auto"), ("weight", OURS[0]), ("input", OURS[1]),
+    for path, label in [("auto", "OFT auto"), ("auto", MEASURED), ("weight", OURS[0]), ("input", OURS[1]),
                         ("dense", "reference-style dense")]:  # fmt: skip
         out[label] = _perturb(OFTLinear(copy.deepcopy(base), r=r, path=path))
     try:
@@ -104,28 +105,31 @@ def child(args: argparse.Namespace) -> dict:
     x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)  # deep in a network
     gy = torch.randn(tokens, d_out, device=device, dtype=dtype)
 
-    def step(layer: nn.Module):
+    def step(layer: nn.Module, policy: str = "flops"):
         def run():
             x.grad = None
             for p in layer.parameters():
                 p.grad = None
-            layer(x).backward(gy)
+            with use_path_policy(policy):
+                layer(x).backward(gy)
 
         return run
 
-    res = interleaved({k: step(m) for k, m in layers.items()}, BASELINE, device, min_rounds=args.min_rounds,
+    steps = {k: step(m, "measure" if k == MEASURED else "flops") for k, m in layers.items()}
+    res = interleaved(steps, BASELINE, device, min_rounds=args.min_rounds,
                       max_rounds=args.max_rounds, budget_s=args.budget_s, seed=args.child)  # fmt: skip
     rows = []
     for key, layer in layers.items():
         med, lo, hi = res["ratio"][key]
         times = sorted(res["times_s"][key])
         with Traffic() as traffic:  # one more call, untimed: what it computes and moves, on any machine
-            step(layer)()
+            steps[key]()
         row = {"variant": key, "ratio": med, "lo": lo, "hi": hi, "median_ms": times[len(times) // 2] * 1e3,
                "saved_MiB": saved_bytes(layer, x) / 2**20, "gflop": traffic.flops / 1e9,
                "moved_MiB": traffic.bytes / 2**20}  # fmt: skip
-        if key == "OFT auto":
-            row["resolves_to"] = layer.choose_path(x)
+        if key in ("OFT auto", MEASURED):
+            with use_path_policy("measure" if key == MEASURED else "flops"):
+                row["resolves_to"] = layer.choose_path(x)
         rows.append(row)
     return {"shape": name, "rounds": res["rounds"], "others_cpu": res["others_cpu"], "machine": machine_info(device),
             "rows": rows}  # fmt: skip

@@ -37,7 +37,14 @@ from .io import (
     save_adapter,
 )
 from .layers import OFTConv2d, OFTLayer, OFTLinear
-from .paths import clear_path_cache, get_path_policy, load_path_cache, path_cache, set_path_policy
+from .paths import (
+    clear_path_cache,
+    get_path_policy,
+    load_path_cache,
+    path_cache,
+    set_path_policy,
+    use_path_policy,
+)
 
 __all__ = [
     "CONVENTION",
@@ -72,5 +79,6 @@ __all__ = [
     "skew",
     "strip",
     "unmerge",
+    "use_path_policy",
     "wrap",
 ]

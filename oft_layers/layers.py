@@ -127,8 +127,8 @@ class OFTLinear(OFTLayer):
     - "weight": rotate W block by block, then one GEMM;
     - "input": rotate x block by block, then the frozen GEMM (both share one backward, see ``functional``);
     - "dense": the reference's approach, a dense (in, in) block-diagonal matrix product in every forward;
-    - "auto": "weight" or "input", by the FLOP rule where it is clear, else measured once per shape class
-      (``oft_layers.paths``).
+    - "auto": "weight" or "input" by the FLOP rule (``oft_layers.paths``; with the policy "measure", timed
+      once per shape class where the rule is unsure).
     """
 
     def __init__(self, base: nn.Linear, config: OFTConfig | None = None, **options) -> None:

@@ -1,21 +1,27 @@
-"""Which way ``OFTLinear(path="auto")`` computes a call: a FLOP rule, and a measurement where it is unsure.
+"""Which way ``OFTLinear(path="auto")`` computes a call: a FLOP rule, or a measurement where the rule is unsure.
 
 ``functional`` gives the extra work of each way, in units of in*b multiply-adds (and about as many values
-moved): rotating the weight costs out + N in training (out at inference), rotating the input 3N (N). Far
-from a tie that count decides on any hardware. Near it, fixed costs (kernel launches, allocations, GEMM tile
-shapes) decide, and they depend on the machine: there each shape class is timed once on first use and the
-winner is cached, as ``torch.backends.cudnn.benchmark`` does for convolutions. Both ways compute the same
-maths, so the choice changes results only at rounding level. For runs that must round identically across
-processes: the trainers save ``path_cache()`` in their checkpoints and ``load_path_cache`` it on resume;
-``set_path_policy("flops")`` (or ``OFT_PATH_POLICY=flops``) makes every choice independent of timing; and
-``OFTLinear(path="weight" | "input")`` pins one layer.
+moved): rotating the weight costs out + N in training (out at inference), rotating the input 3N (N). Far from
+a tie that count decides on any hardware (measured at SD1.5's shapes with MKL at AVX-512 and at AVX2: the rule
+picked the faster way within 4 % everywhere, bench/RESULTS_layers.md). Near a tie fixed costs (kernel
+launches, allocations, GEMM tile shapes) decide, and they depend on the machine: with the policy "measure"
+each such shape class is timed once on first use and the winner cached, as ``torch.backends.cudnn.benchmark``
+does for convolutions.
+
+The default policy is "flops", for the same reason ``cudnn.benchmark`` is off by default: both ways compute the
+same maths but round differently, and a timed choice can differ between two processes, so runs would no longer
+be bit-identical across processes (a resume against an uninterrupted run, DDP ranks, sampling workers).
+``set_path_policy("measure")``, ``use_path_policy("measure")`` or ``OFT_PATH_POLICY=measure`` turn timing on;
+the trainers then save ``path_cache()`` in their checkpoints and ``load_path_cache`` it on resume, so a resumed
+run keeps its choices. ``OFTLinear(path="weight" | "input")`` pins one layer.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -24,7 +30,7 @@ AMBIGUOUS = 2.0  # measure only where the two ways' extra work is within this fa
 MARGIN = 0.05  # a measured winner must be this much faster; otherwise the FLOP rule's choice stands
 REPEATS = 3  # timed calls per candidate (the minimum counts), after one warm-up call each
 
-_policy = os.environ.get("OFT_PATH_POLICY", "measure")
+_policy = os.environ.get("OFT_PATH_POLICY", "flops")
 if _policy not in POLICIES:
     raise ValueError(f"OFT_PATH_POLICY must be one of {POLICIES}, got {_policy!r}")
 _cache: dict[tuple, str] = {}
@@ -32,11 +38,23 @@ _clock = time.perf_counter  # replaced in tests to script the timings
 
 
 def set_path_policy(policy: str) -> None:
-    """``"measure"`` (default): time the two ways where the FLOP rule is unsure; ``"flops"``: never time."""
+    """``"flops"`` (default): the FLOP rule decides every call; ``"measure"``: time the two ways where the rule
+    is unsure (``AMBIGUOUS``) and cache the winner."""
     global _policy
     if policy not in POLICIES:
         raise ValueError(f"path policy must be one of {POLICIES}, got {policy!r}")
     _policy = policy
+
+
+@contextmanager
+def use_path_policy(policy: str) -> Iterator[None]:
+    """``set_path_policy(policy)`` for the block, then the policy before it."""
+    before = _policy
+    set_path_policy(policy)
+    try:
+        yield
+    finally:
+        set_path_policy(before)
 
 
 def get_path_policy() -> str:

@@ -6,6 +6,10 @@ the choice changes nothing in the results.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -209,3 +213,18 @@ def test_a_saved_path_cache_makes_another_process_choose_the_same(monkeypatch):
     assert layer.choose_path(x) == "input" and timed == []
     with pytest.raises(ValueError, match="neither 'weight' nor 'input'"):
         ol.load_path_cache({next(iter(saved)): "dense"})
+
+
+def test_the_default_policy_never_times_and_use_path_policy_restores_the_one_before(monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k != "OFT_PATH_POLICY"}
+    code = "import oft_layers; print(oft_layers.get_path_policy())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "flops"  # bit-identical across processes unless asked otherwise
+    timed = scripted_clock(monkeypatch, {"weight": 1.0, "input": 0.5})
+    layer, x = layer_and_input(out=40, tokens=32)
+    with ol.use_path_policy("flops"):
+        assert layer.choose_path(x) == "weight" and timed == []
+        with ol.use_path_policy("measure"):
+            assert layer.choose_path(x) == "input" and timed
+        assert ol.get_path_policy() == "flops"
+    assert ol.get_path_policy() == "measure"  # the fixture's
