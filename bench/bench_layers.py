@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from oft.data.files import atomic_write_bytes, atomic_write_json
-from oft.timing import Traffic, busy_warning, describe, interleaved, machine_info, run_child
+from oft.timing import SavedForBackward, Traffic, busy_warning, describe, interleaved, machine_info, run_child
 from oft_layers import OFTLinear, use_path_policy
 
 # (name, in, out, tokens): SD1.5 at 512 px, batch 2 (64x64, 32x32, 16x16 latents; 77 text tokens)
@@ -82,16 +82,9 @@ def variants(base: nn.Linear, r: int, group: str) -> dict[str, nn.Module]:
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     """Bytes autograd saves for backward in one forward (activation memory added by the layer)."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward() as saved:
         module(x)
-    return total
+    return saved.bytes
 
 
 def child(args: argparse.Namespace) -> dict:

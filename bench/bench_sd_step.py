@@ -29,7 +29,7 @@ from oft.data.files import atomic_write_json
 from oft.sd.configs import SCHEDULER, preset_config
 from oft.sd.sampling import denoise, make_scheduler
 from oft.sd.targets import CONTROL_TARGETS
-from oft.timing import busy_warning, describe, interleaved, machine_info
+from oft.timing import SavedForBackward, busy_warning, describe, interleaved, machine_info
 from oft_layers import inject, merge, oft_modules, strip
 
 ADAPTER_RANK = 4  # OFT blocks and LoRA rank alike
@@ -116,21 +116,14 @@ class PeakRSS:
 def train_step(unet: nn.Module, latents, t, context, noise) -> tuple[float, int]:
     """Seconds for one forward+backward (ε-MSE) with gradients for the adapter only, and the bytes autograd saved
     for the backward (the activation memory the step holds at its peak, independent of the allocator)."""
-    saved = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += tensor.numel() * tensor.element_size()
-        return tensor
-
     start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with SavedForBackward() as saved:
         loss = nn.functional.mse_loss(unet(latents, t, encoder_hidden_states=context).sample, noise)
     loss.backward()
     elapsed = time.perf_counter() - start
     for p in unet.parameters():
         p.grad = None
-    return elapsed, saved
+    return elapsed, saved.bytes
 
 
 def bench_training(unet, inputs, args) -> dict:

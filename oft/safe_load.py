@@ -17,15 +17,22 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)")
 
 
+def refused_pickle(err: BaseException) -> bool:
+    """Whether ``err`` is ``weights_only`` loading refusing pickled Python objects (not a damaged file)."""
+    return isinstance(err, pickle.UnpicklingError) and "weights only" in _ANSI.sub("", str(err)).lower()
+
+
 def load_error_line(err: BaseException) -> str:
-    """One line describing why ``torch.load(..., weights_only=True)`` failed with ``err``."""
+    """One line describing why a weights loader (``torch.load(..., weights_only=True)``, safetensors) failed
+    with ``err``: a refused pickle said as such, else the error's type and first sentence (torch's messages
+    run to paragraphs)."""
     text = _ANSI.sub("", str(err))
-    if isinstance(err, pickle.UnpicklingError) and "weights only" in text.lower():
+    if refused_pickle(err):
         found = _GLOBAL.search(text)
         what = f" ({found[1] or 'pickle opcode ' + found[2]})" if found else ""
         return (
             f"it holds pickled Python objects{what}, not only tensors; they were not loaded, because loading "
             "them could run code"
         )
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    first = re.split(r"\.\s|\n", text.strip(), maxsplit=1)[0].strip()
+    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__

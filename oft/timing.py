@@ -171,6 +171,26 @@ def paired(times: dict[str, list[float]], name: str, baseline: str) -> list[floa
     return [a / b for a, b in zip(times[name], times[baseline])]
 
 
+class SavedForBackward:
+    """Bytes autograd saves for the backward while the block runs: the activation memory a forward adds,
+    independent of the allocator."""
+
+    bytes: int = 0
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.bytes += t.numel() * t.element_size()
+        return t
+
+    def __enter__(self) -> SavedForBackward:
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
 class Traffic(TorchDispatchMode):
     """Multiply-add FLOPs and bytes read + written by every ATen op run inside (forward and backward alike).
 

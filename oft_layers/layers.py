@@ -125,7 +125,7 @@ class OFTLinear(OFTLayer):
     """A frozen ``nn.Linear`` with OFT. ``path`` chooses how the rotation is applied (same result):
 
     - "weight": rotate W block by block, then one GEMM;
-    - "input": rotate x block by block, then the frozen GEMM (both share one backward, see ``functional``);
+    - "input": rotate x block by block, then the frozen GEMM (each with its own backward, see ``functional``);
     - "dense": the reference's approach, a dense (in, in) block-diagonal matrix product in every forward;
     - "auto": "weight" or "input" by the FLOP rule (``oft_layers.paths``; with the policy "measure", timed
       once per shape class where the rule is unsure).

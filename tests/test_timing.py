@@ -125,3 +125,13 @@ def test_traffic_counts_matmul_flops_and_operand_bytes():
     with timing.Traffic() as t:
         torch.mm(a, b, out=out)  # the out= buffer is written, not read
     assert t.bytes == 4 * (24 + 20 + 30)
+
+
+def test_saved_for_backward_counts_what_autograd_keeps():
+    a = torch.randn(3, 4, requires_grad=True)
+    with timing.SavedForBackward() as saved:
+        a.exp()  # exp keeps its result (12 floats) for the backward
+    assert saved.bytes == 12 * 4
+    with timing.SavedForBackward() as saved, torch.no_grad():
+        a.exp()  # nothing is kept without autograd
+    assert saved.bytes == 0

@@ -117,7 +117,7 @@ def _why_unreadable(path: Path, err: BaseException) -> str:
     size = path.stat().st_size if path.is_file() else None
     if size == 0:
         return "it is empty (0 bytes)"
-    return f"{load_error_line(err).split('. ')[0]}; {size} bytes"
+    return f"{load_error_line(err)}; {size} bytes"
 
 
 def repair_epoch_progress(checkpoint: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from torch import Tensor
 
+from oft.safe_load import load_error_line, refused_pickle
 from oft.sd.configs import MAX_LENGTH, preset_config
 
 if TYPE_CHECKING:
@@ -209,10 +210,9 @@ UNREADABLE_FIX = (
 
 def unreadable_message(path: str | os.PathLike, kind: str, err: BaseException) -> str:
     """One line for a weight file that its reader rejects: the file, the reader's complaint, the fix."""
-    # The reader's first sentence only: torch's messages run to paragraphs (and advise weights_only=False).
-    first = re.split(r"\.\s|\n", str(err).strip(), maxsplit=1)[0].strip()
-    detail = f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
-    return f"cannot read {path} as a {kind} ({detail}): {UNREADABLE_FIX}"
+    if refused_pickle(err):  # not damaged: it carries code; re-downloading the same file would not help
+        return f"cannot read {path} as a {kind}: {load_error_line(err)}; use weights from a source you trust"
+    return f"cannot read {path} as a {kind} ({load_error_line(err)}): {UNREADABLE_FIX}"
 
 
 def read_single_file(path: str | os.PathLike) -> dict[str, Tensor]:
