@@ -32,8 +32,9 @@ demo: $(STAMP)
 style: $(STAMP)
 	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
 
+# Style, lint, and the import layering of pyproject.toml's [tool.importlinter] (every import points down).
 quality: $(STAMP)
-	$(PY) -m ruff format --check . && $(PY) -m ruff check .
+	$(PY) -m ruff format --check . && $(PY) -m ruff check . && .venv/bin/lint-imports --no-logo
 
 clean-venv:
 	rm -rf .venv

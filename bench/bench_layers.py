@@ -19,8 +19,16 @@ import json
 import torch
 from torch import nn
 
-from oft.data.files import atomic_write_bytes, atomic_write_json
-from oft.timing import SavedForBackward, Traffic, busy_warning, describe, interleaved, machine_info, run_child
+from oft.common.files import atomic_write_bytes, atomic_write_json
+from oft.common.timing import (
+    SavedForBackward,
+    Traffic,
+    busy_warning,
+    describe,
+    interleaved,
+    machine_info,
+    run_child,
+)
 from oft_layers import OFTLinear, use_path_policy
 
 # (name, in, out, tokens): SD1.5 at 512 px, batch 2 (64x64, 32x32, 16x16 latents; 77 text tokens)

@@ -7,7 +7,7 @@ ratios), a control copy of that baseline, and PEFT's OFT with its default Cayley
 solve can hang on CPU: PyTorch issue 142815, SPEC §8; ``bench_layers.py`` measures it in a child process).
 Sampling = DDIM steps (``oft.sd.sampling.denoise``) of the OFT model after ``merge`` against the plain UNet.
 One UNet is shared: each variant is injected, timed and stripped in turn; the order is shuffled every round
-and ratios are paired within rounds with bootstrap intervals (``oft.timing``). Run: ``make bench`` or
+and ratios are paired within rounds with bootstrap intervals (``oft.common.timing``). Run: ``make bench`` or
 ``python bench/bench_sd_step.py --help``.
 """
 
@@ -25,11 +25,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from oft.data.files import atomic_write_json
+from oft.common.files import atomic_write_json
+from oft.common.timing import SavedForBackward, busy_warning, describe, interleaved, machine_info
 from oft.sd.configs import SCHEDULER, preset_config
 from oft.sd.sampling import denoise, make_scheduler
 from oft.sd.targets import CONTROL_TARGETS
-from oft.timing import SavedForBackward, busy_warning, describe, interleaved, machine_info
 from oft_layers import inject, merge, oft_modules, strip
 
 ADAPTER_RANK = 4  # OFT blocks and LoRA rank alike

@@ -1,58 +1,9 @@
 """C2I: canny-edge IoU and F1 of generated images against their targets (paper Table 2).
 
-Reads a sampling output folder (source/image_{i}.png, results/result_{i}_{n}.png), runs cv2.Canny(100, 200)
-on the target and on generated sample 0 (or --sample-index N, or every sample with --all-samples), and
-averages the per-image IoU and F1. Writes <folder>/eval_canny.json (or --out) and prints a table.
+The code and the full --help: ``oft.cli.control.eval_canny``.
 """
 
-from __future__ import annotations
-
-import argparse
-
-from oft.entry_points import run_main
-from oft.metrics.canny import PAPER, evaluate_canny
-from oft.metrics.folder import excluded_note, format_table, open_sample_folder, write_json
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="sampling output folder written by test_oft_parallel.py")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--sample-index", type=int, default=0, help="generated sample n scored per item (default 0)"
-    )
-    which.add_argument(
-        "--all-samples", action="store_true", help="score every sample of every item and average"
-    )
-    p.add_argument(
-        "--gray",
-        action="store_true",
-        help="run Canny on the grayscale image; default: on the colour image, as the reference did",
-    )
-    p.add_argument("--out", help="JSON report path (default <folder>/eval_canny.json)")
-    return p.parse_args(argv)
-
-
-def main(args: argparse.Namespace) -> dict:
-    folder = open_sample_folder(args.folder)
-    pairs = folder.pairs(None if args.all_samples else args.sample_index)
-    metrics = evaluate_canny(pairs, gray=args.gray)
-    report = {
-        "metric": "canny",
-        "folder": str(folder.root),
-        "samples": "all" if args.all_samples else args.sample_index,
-        "edges_from": "gray" if args.gray else "rgb",
-        "excluded": sorted(folder.excluded),
-        **metrics,
-    }
-    write_json(args.out or folder.root / "eval_canny.json", report)
-    rows = [("IoU", metrics["iou"], PAPER["OFT"][0], PAPER["COFT"][0]),
-            ("F1", metrics["f1"], PAPER["OFT"][1], PAPER["COFT"][1])]  # fmt: skip
-    print(format_table((f"C2I ({metrics['images']} images)", "value", "paper OFT", "paper COFT"), rows))
-    if note := excluded_note(folder):
-        print(note)
-    return report
-
+from oft.cli.control.eval_canny import cli
 
 if __name__ == "__main__":
-    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))
+    cli()

@@ -1,95 +1,9 @@
 """Build the initial oft-control model from an SD1.5 checkpoint: OFT on the 144 control targets (R = 0) plus a
-zero-initialised hint encoder, with the hyperparameters in the file's metadata.
 
-    python oft-control/tool_add_control_oft.py --input_path=./models/v1-5-pruned.ckpt \\
-        --output_path=./models/control_sd15_ini_oft.ckpt --eps=1e-3 --r=4 --coft
-
-By default the output also carries a copy of the base SD (as the reference's did); --adapter-only writes only
-the new weights (a few MB) and a reference to the base file.
-
-    python oft-control/tool_add_control_oft.py --count-only --r 2 4 8 16
-
-prints the trainable parameters per r (paper Table 3) on the weight-free SD1.5 architecture, and writes nothing.
+The code and the full --help: ``oft.cli.control.tool_add_control_oft``.
 """
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
-
-from oft.control.checkpoint import build_initial
-from oft.control.defaults import PAPER, add_flags, flag_names
-from oft.control.params import count_control_parameters, format_parameter_table
-from oft.data.files import create_output_folder
-from oft.entry_points import run_main
-from oft.paths import models_root
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        *flag_names("input_path"),
-        dest="input_path",
-        default=str(models_root() / "v1-5-pruned.ckpt"),
-        help="SD1.5 single-file checkpoint (.ckpt/.safetensors) or diffusers folder [default: %(default)s]",
-    )
-    p.add_argument(
-        *flag_names("output_path"),
-        dest="output_path",
-        default=str(models_root() / "control_sd15_ini_oft.ckpt"),
-        help="control model to write (.ckpt, or .safetensors with --adapter-only) [default: %(default)s]",
-    )
-    p.add_argument(
-        "--r",
-        type=int,
-        nargs="+",
-        default=[PAPER["r"].value],
-        help=PAPER["r"].help + " (several values only with --count-only) [default: %(default)s]",
-    )
-    add_flags(p, "eps", "coft", "block_share")
-    p.add_argument(
-        *flag_names("adapter_only"),
-        dest="adapter_only",
-        action="store_true",
-        help="store only the new weights and a reference to --input_path instead of a 4 GB copy",
-    )
-    p.add_argument(
-        *flag_names("count_only"),
-        dest="count_only",
-        action="store_true",
-        help="print the trainable-parameter table (paper Table 3) for each --r and exit",
-    )
-    args = p.parse_args(argv)
-    if any(r < 1 for r in args.r):
-        p.error(f"--r takes positive block counts, got {args.r}")
-    if not args.count_only and len(args.r) != 1:
-        p.error(f"building a model takes one --r, got {args.r} (several values are for --count-only)")
-    return args
-
-
-def main(args: argparse.Namespace) -> Path | str:
-    if args.count_only:
-        table = format_parameter_table([count_control_parameters(r) for r in args.r])
-        print(table)
-        return table
-    output = Path(args.output_path)
-    if output.is_dir():
-        raise ValueError(
-            f"--output_path {output} is a folder; give a file name, e.g. {output / 'ini_oft.ckpt'}"
-        )
-    create_output_folder(output.parent, f"--output_path {output}")  # before the SD loads
-    path = build_initial(
-        args.input_path,
-        args.output_path,
-        r=args.r[0],
-        eps=args.eps if args.coft else None,
-        coft=args.coft,
-        block_share=args.block_share,
-        adapter_only=args.adapter_only,
-    )
-    print(f"wrote {path}")
-    return path
-
+from oft.cli.control.tool_add_control_oft import cli
 
 if __name__ == "__main__":
-    run_main(main, parse_args)
+    cli()

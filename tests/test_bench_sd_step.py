@@ -3,13 +3,13 @@
 import json
 
 import torch
-from numerics import is_duration
 
-from oft.entry_points import load_script
+from bench import bench_sd_step as bench_sd_step_cli
+from tests.helpers.numerics import is_duration
 
 
 def _bench():
-    return load_script("bench_sd_step", "bench")
+    return bench_sd_step_cli
 
 
 def test_tiny_run_writes_results_and_restores_the_unet(tmp_path, monkeypatch):

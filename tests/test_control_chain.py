@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from control_helpers import REPO, initial_model, load_script, tiny_sd_file
-from numerics import tol
 
 import oft_layers
+from oft.cli.control import eval_canny as evaluate_canny
+from oft.cli.control import test_oft_parallel as sampler
+from oft.cli.control import train
+from oft.cli.control import train_with_norm as norm
+from oft.common.images import read_rgb
 from oft.control.checkpoint import load_control
-from oft.control.images import read_png
 from oft.control.inference import output_paths
+from tests.helpers.control import REPO, initial_model, tiny_sd_file
+from tests.helpers.numerics import tol
 
-train, norm, sampler, evaluate_canny = (
-    load_script(n) for n in ("train", "train_with_norm", "test_oft_parallel", "eval_canny")
-)
 ADAPTER = ["--r=4", "--eps=1e-3", "--coft"]
 DATA = ["--control", "synthetic", "--resolution", "32", "--synthetic_length", "2"]  # one batch per epoch
 TRAIN = [
@@ -97,7 +98,7 @@ def test_train_resume_postfit_and_sample(chain, flop_rule_paths):
     root = chain["root"]
     # --- uninterrupted: 2 steps (2 epochs of 1 batch), last.ckpt every step
     final = run_train(chain, "a", "--max_steps", "2", "--sample_every", "2", "--sample_steps", "1")
-    grid = read_png(root / "a/samples/step_0000002.png")
+    grid = read_rgb(root / "a/samples/step_0000002.png")
     assert grid.shape == (
         3 * 34 + 2,
         2 * 34 + 2,

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from control_helpers import load_script, tiny_sd_file
 
 import oft_layers
+from oft.cli.control import tool_add_control_oft as tool_add_control_oft_cli
 from oft.control.checkpoint import ControlCheckpointError, load_control, save_control
 from oft.sd import load_sd
 from oft.sd.targets import CONTROL_TARGETS, match_targets
+from tests.helpers.control import tiny_sd_file
 
-tool = load_script("tool_add_control_oft")
+tool = tool_add_control_oft_cli
 
 
 @pytest.fixture(scope="module")

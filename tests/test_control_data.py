@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from oft.cli.flags import add_options, options_from
+from oft.control.config import Experiment, Training
 from oft.control.data import ControlDataset, DataError, SyntheticDataset, build_dataset
-from oft.control.defaults import PAPER, add_flags
 from oft.control.hint import HintEncoder
-from oft.control.tasks import TASKS
 from oft.control.training import ControlDataModule
-from oft.data import synthetic
+from oft.specs import synthetic
+from oft.specs.tasks import TASKS
 
 
 def test_hint_encoder_size_shape_and_zero_start():
@@ -169,10 +170,16 @@ def test_training_order_is_shuffled_and_a_function_of_seed_and_epoch():
     assert order(0) == order(0) and order(0) != order(1)
 
 
-def test_flag_table_generates_both_spellings_and_shows_paper_defaults():
+def test_configs_generate_both_spellings_and_show_paper_defaults():
     parser = argparse.ArgumentParser()
-    add_flags(parser, "r", "eps", "coft", "block_share", "lr")
+    add_options(parser, Experiment, only=("r", "eps", "coft", "block_share", "data_root"))
+    add_options(parser, Training, only=("lr", "timestep_range"))
     args = parser.parse_args(["--block-share", "--coft"])
-    assert args.block_share and args.coft and args.r == PAPER["r"].value == 4 and args.lr == 1e-5
+    assert args.block_share and args.coft and args.r == Experiment.r == 4 and args.lr == Training.lr == 1e-5
     assert parser.parse_args(["--block_share"]).block_share
     assert "[default: 1e-05]" in parser.format_help()
+    both = [parser.parse_args([flag, "d"]).data_root for flag in ("--data-root", "--data_root")]
+    assert both == ["d", "d"]
+    parsed = parser.parse_args(["--timestep_range", "400", "900", "--r", "8"])
+    assert options_from(Training, parsed).timestep_range == (400, 900)
+    assert options_from(Experiment, parsed).r == 8

@@ -15,17 +15,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from control_helpers import REPO, initial_model, load_script, tiny_sd_file
 
+from oft.cli.control import eval_canny, eval_landmark
+from oft.cli.control import test_oft_parallel as sampler
+from oft.common.images import read_rgb
 from oft.control.data import ControlDataset, UnreadableItemError
-from oft.control.images import read_png
-from oft.control.tasks import TASKS
-from oft.data import synthetic
 from oft.metrics.folder import excluded_note, open_sample_folder
+from oft.specs import synthetic
+from oft.specs.tasks import TASKS
+from tests.helpers.control import REPO, initial_model, tiny_sd_file
 
-sampler, eval_canny, eval_landmark = (
-    load_script(n) for n in ("test_oft_parallel", "eval_canny", "eval_landmark")
-)
 ADAPTER = ["--r=4", "--eps=1e-3", "--coft"]
 SIZE = 32
 
@@ -115,7 +114,7 @@ def test_sampler_stops_on_an_unreadable_item_and_can_skip_and_record_it(control_
     assert not (out / "source/image_0.png").exists() and not (out / "hints/hint_0.png").exists()
     for i in (1, 2):  # every other item under its own index, with its own target
         target = cv2.cvtColor(cv2.imread(str(paths[i][1])), cv2.COLOR_BGR2RGB)
-        assert np.array_equal(read_png(out / f"source/image_{i}.png"), target)
+        assert np.array_equal(read_rgb(out / f"source/image_{i}.png"), target)
     record = json.loads((out / "excluded/item_0.json").read_text())
     assert record["index"] == 0 and "cannot decode" in record["reason"] and "0.png" in record["reason"]
 
@@ -130,7 +129,7 @@ def test_sampler_stops_on_an_unreadable_item_and_can_skip_and_record_it(control_
     target, _, controls, _ = synthetic.make_item(0, 0, SIZE)
     cv2.imwrite(str(paths[0][0]), cv2.cvtColor(controls["segm"], cv2.COLOR_RGB2BGR))
     sampler.main(sampler.parse_args(sample_args(control_model, tmp_path / "data", out)))
-    assert np.array_equal(read_png(out / "source/image_0.png"), target)
+    assert np.array_equal(read_rgb(out / "source/image_0.png"), target)
     assert not (out / "excluded/item_0.json").exists()
     assert eval_canny.main(eval_canny.parse_args([str(out)]))["excluded"] == []
 

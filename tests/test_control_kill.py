@@ -21,15 +21,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from control_helpers import REPO, initial_model, load_script, tiny_sd_file
 from safetensors.torch import load_file
 
-from oft.data.files import temporaries
-from oft.entry_points import run_main
+from oft.cli.control import test_oft_parallel as sampler
+from oft.cli.control import tool_add_control_oft as tool
+from oft.cli.control import train
+from oft.cli.control import train_with_norm as norm
+from oft.cli.run import run_main
+from oft.common.files import temporaries
+from tests.helpers.control import REPO, initial_model, tiny_sd_file
 
-train, norm, sampler, tool = (
-    load_script(n) for n in ("train", "train_with_norm", "test_oft_parallel", "tool_add_control_oft")
-)
 ADAPTER = ["--r=4", "--eps=1e-3", "--coft"]
 # one batch per epoch: every checkpoint (one per step) lies at an epoch boundary
 TRAIN = [
@@ -74,7 +75,12 @@ def run(s, out: str, timeout: float = 300, kill_after: float | None = None, **fa
         "OFT_TEST_AUDIT_TMPDIR": str(s["audit"]),
         **{f"OFT_TEST_{k.upper()}": v for k, v in faults.items()},
     }
-    cmd = [sys.executable, str(REPO / "tests/train_driver.py"), str(REPO / "oft-control/train.py"), *TRAIN]
+    cmd = [
+        sys.executable,
+        str(REPO / "tests/helpers/train_driver.py"),
+        str(REPO / "oft-control/train.py"),
+        *TRAIN,
+    ]
     cmd += ["--model", str(s["ini"]), "--output_dir", str(s["root"] / out)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -193,7 +199,7 @@ def copy_checkpoints(setup, out: str) -> Path:
 
 def main_line(script, argv: list[str], monkeypatch) -> str:
     """What ``script``'s ``__main__`` prints on failure (run_main: exit status 1, one line)."""
-    monkeypatch.setattr(sys, "argv", [str(REPO / f"oft-control/{script.__name__.split('_', 2)[-1]}.py")])
+    monkeypatch.setattr(sys, "argv", [str(REPO / f"oft-control/{script.__name__.rpartition('.')[2]}.py")])
     with pytest.raises(SystemExit) as caught:
         run_main(script.main, lambda: script.parse_args(argv))
     assert isinstance(caught.value.code, str), caught.value.code  # a message: exit status 1

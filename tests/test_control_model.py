@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from control_helpers import initial_model, tiny_sd_file
-from numerics import network_terms, tol
 
 import oft_layers
+from oft.common.seeds import step_generator
 from oft.control.data import SyntheticDataset, collate
-from oft.control.model import ControlOFT, step_generator
+from oft.control.model import ControlOFT
 from oft.sd import add_to_conv_in, load_sd
+from tests.helpers.control import initial_model, tiny_sd_file
+from tests.helpers.numerics import network_terms, tol
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,9 @@ def test_step_zero_is_the_base_model_and_the_loss_is_eps_mse(files, batch):
     unet_terms = network_terms(plain.unet)
     torch.testing.assert_close(out, expected, **tol(torch.float32, unet_terms, scale=expected.abs().max()))
     # the loss by hand, with the draws of the same generator
-    gen = step_generator(0, 3, 0, torch.device("cpu"))
+    gen = step_generator(0, 3, 0)
     loss = module.loss(batch, gen)
-    gen = step_generator(0, 3, 0, torch.device("cpu"))
+    gen = step_generator(0, 3, 0)
     latents = sd.encode_images(batch["jpg"], generator=gen)
     noise = torch.randn(latents.shape, generator=gen)
     t = torch.randint(0, 1000, (2,), generator=gen)
@@ -68,7 +69,7 @@ def test_timestep_range_narrows_the_training_timesteps(files, batch, monkeypatch
         lambda x, n, t: drawn.append(t.clone()) or add_noise(x, n, t),
     )
     for step in range(8):
-        module.loss(batch, step_generator(0, step, 0, torch.device("cpu")))
+        module.loss(batch, step_generator(0, step, 0))
     assert set(torch.cat(drawn).tolist()) == {400, 401}
     for bad in [(500, 500), (-1, 10), (0, 1001)]:
         with pytest.raises(ValueError, match="timestep range"):
@@ -82,7 +83,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(files, batch):
         module = ControlOFT(files[1], gradient_checkpointing=checkpointing)
         assert module.unet.is_gradient_checkpointing == checkpointing
         module.train()
-        loss = module.loss(batch, step_generator(0, 0, 0, torch.device("cpu")))
+        loss = module.loss(batch, step_generator(0, 0, 0))
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.requires_grad]))
     # exact: checkpointing recomputes the same forward with the same kernels in this process, and every
@@ -95,7 +96,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(files, batch):
 def test_bf16_autocast_keeps_rotations_float32(files, batch):
     module = ControlOFT(files[1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = module.loss(batch, step_generator(0, 0, 0, torch.device("cpu")))
+        loss = module.loss(batch, step_generator(0, 0, 0))
     loss.backward()
     layer = next(layer for _, layer in oft_layers.oft_modules(module.unet))
     assert torch.isfinite(loss) and layer.R.dtype == torch.float32 and layer.R.grad.dtype == torch.float32
@@ -105,7 +106,7 @@ def test_bf16_autocast_keeps_rotations_float32(files, batch):
 def test_optimizer_projects_after_each_step_and_magnitude_stage_trains_only_scales(files, batch):
     module = ControlOFT(files[1], lr=1.0)  # a huge step: every block leaves the eps-ball before projection
     opt = module.configure_optimizers()
-    module.loss(batch, step_generator(0, 0, 0, torch.device("cpu"))).backward()
+    module.loss(batch, step_generator(0, 0, 0)).backward()
     opt.step()
     for _, layer in oft_layers.oft_modules(module.unet):
         norms = torch.linalg.matrix_norm(layer.R, ord="fro")

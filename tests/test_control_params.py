@@ -2,12 +2,12 @@
 
 import pytest
 
+from oft.cli.control import tool_add_control_oft as tool_add_control_oft_cli
 from oft.control.params import PAPER_TABLE3, UNUSED_TIME_MLP, count_control_parameters
-from oft.entry_points import load_script
 
 
 def _tool():
-    return load_script("tool_add_control_oft")
+    return tool_add_control_oft_cli
 
 
 def test_unused_mlp_is_the_paper_difference():

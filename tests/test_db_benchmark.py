@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from oft.db.benchmark import (
+from oft.cli.db import run_queue as run_queue_cli
+from oft.cli.db import train_dreambooth_oft as train_dreambooth_oft_cli
+from oft.db.config import DreamBoothConfig
+from oft.db.runs import Job, plan_jobs, run_queue
+from oft.specs.benchmark import (
     BUILTIN,
     NUM_RUNS,
     PromptTable,
@@ -18,8 +22,8 @@ from oft.db.benchmark import (
     parse_run_range,
     read_table,
 )
-from oft.db.runs import Job, plan_jobs, run_queue
-from oft.entry_points import load_script as load_entry_point
+from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_VALIDATION
+from tests.helpers.db import write_prompts_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,26 +79,6 @@ def spec_prompt(p: int, live: bool, token: str | None, noun: str) -> str:
     if p >= 20:
         return f"a {TAIL_ADJ[p - 20]} {who}"
     return f"a {who} {(HEAD + (LIVE_MIDDLE if live else OBJECT_MIDDLE))[p]}"
-
-
-def load_script(name: str):
-    """An ``oft-db/`` entry point as a module."""
-    return load_entry_point(name, "oft-db")
-
-
-def write_prompts_file(table: PromptTable, path: Path, newline: str = "\n") -> Path:
-    """A copy of google/dreambooth's prompts_and_classes.txt in its own layout, written from ``table``."""
-    lines = ["Classes", "", "subject_name,class", *(f"{s},{c}" for s, c in table.subjects), "", "Prompts", ""]
-    for title, prompts in (
-        ("Object Prompts", table.object_prompts),
-        ("Live Subject Prompts", table.live_prompts),
-    ):
-        body = [f"'{p}'.format(unique_token, class_token)," for p in prompts]
-        body[-1] = body[-1].rstrip(",")
-        lines += [title, "", "prompt_list = [", *body, "]", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(newline.join(lines).encode())
-    return path
 
 
 def test_every_run_index_matches_spec():
@@ -157,8 +141,8 @@ def test_perturbed_prompts_file_is_refused_naming_the_first_difference(tmp_path)
 
 
 def test_script_dry_run_prints_the_run_card(capsys, tmp_path):
-    script = load_script("train_dreambooth_oft")
-    args = script.parse_args(["--run", "137", "--dry-run", "--data_root", str(tmp_path / "data")])
+    script = train_dreambooth_oft_cli
+    args = script.parse_args(["--run", "137", "--dry-run", "--data-root", str(tmp_path / "data")])
     assert script.main(args) is None
     out = capsys.readouterr().out
     assert "subject:           candle" in out and "class:             candle" in out
@@ -190,7 +174,7 @@ def test_shell_wrapper_dry_run():
 
 
 def test_queue_dry_run_skips_finished_runs(tmp_path, capsys):
-    queue = load_script("run_queue")
+    queue = run_queue_cli
     finished = tmp_path / "runs" / "cat-1"
     finished.mkdir(parents=True)
     (finished / "adapter.safetensors").write_bytes(b"done")
@@ -264,11 +248,8 @@ def test_queue_runs_one_job_per_slot(tmp_path):
 
 
 def test_training_defaults_are_the_reference_settings():
-    """SPEC §4 values, and the validation sampler of ``oft.sd.sampling`` (one source of those settings)."""
-    from oft.db.train import TrainConfig
-    from oft.sd.sampling import DREAMBOOTH_VALIDATION
-
-    cfg = TrainConfig()
+    """SPEC §4 values, and the sampler presets of ``oft.specs.sampling`` (one source of those settings)."""
+    cfg = DreamBoothConfig()
     expected = {
         "r": 4, "eps": 6e-5, "coft": True, "block_share": False, "learning_rate": 6e-5, "weight_decay": 1e-2,
         "max_grad_norm": 1.0, "lr_scheduler": "constant", "train_batch_size": 1, "resolution": 512, "seed": 0,
@@ -276,10 +257,11 @@ def test_training_defaults_are_the_reference_settings():
     }  # fmt: skip
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert (cfg.validation_sampler, cfg.validation_inference_steps, cfg.guidance_scale) == (
-        DREAMBOOTH_VALIDATION["sampler"],
-        DREAMBOOTH_VALIDATION["steps"],
-        DREAMBOOTH_VALIDATION["guidance"],
+        DREAMBOOTH_VALIDATION.sampler,
+        DREAMBOOTH_VALIDATION.steps,
+        DREAMBOOTH_VALIDATION.guidance,
     )
+    assert cfg.class_inference_steps == DREAMBOOTH_CLASS.steps
     assert cfg.oft_options() == {"r": 4, "eps": 6e-5, "coft": True, "block_share": False}
     cfg.coft = False  # plain OFT: no radius applies
     assert cfg.oft_options()["eps"] is None and not cfg.oft_options()["coft"]

@@ -26,11 +26,11 @@ import torch
 from PIL import Image
 
 import oft_layers
-from oft.db.data import list_images
-from oft.db.train import rewrite_log
-from oft.entry_points import REPO
+from oft.common.images import list_images
+from oft.db.checkpoints import rewrite_log
 from oft.sd import build_sd
-from oft.sd.convert import save_single_file
+from oft.sd.loading import save_single_file
+from tests.helpers import REPO
 
 # argv: POINT SCRIPT ARGS...; POINT is "none", "kill:NAME", "truncate:NAME" (kill at the rename onto NAME,
 # after cutting the temporary to half) or "checkpoint" (kill at the first checkpoint folder's rename, after

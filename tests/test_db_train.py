@@ -11,19 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from numerics import EFFECT, network_terms, tol
 from PIL import Image
 
 import oft.db.train as train_mod
 import oft_layers
-from oft.db.data import DreamBoothSteps, list_images
+from oft.cli.db import eval_ablation as eval_ablation_cli
+from oft.cli.db import generate as generate_cli
+from oft.cli.db import merge_adapter as merge_adapter_cli
+from oft.cli.db import train_dreambooth_oft as train_dreambooth_oft_cli
+from oft.cli.run import run_main
+from oft.common.images import list_images
+from oft.db.config import DreamBoothConfig
+from oft.db.data import DreamBoothSteps
 from oft.db.export import load_with_adapter
-from oft.db.train import TrainConfig
-from oft.entry_points import run_main
 from oft.sd import build_sd, load_sd
-from oft.sd.convert import save_single_file
-from tests.test_db_benchmark import BUILTIN, load_script, write_prompts_file
-from tests.test_metrics_subject import metric_approx, tiny_metrics
+from oft.sd.loading import save_single_file
+from oft.specs.benchmark import BUILTIN
+from tests.helpers.db import write_prompts_file
+from tests.helpers.numerics import EFFECT, network_terms, tol
+from tests.helpers.subject import metric_approx, tiny_metrics
 
 RUN = 160  # subject 6 (cat, live prompts), prompt 10: "a qwe cat wearing a red hat"
 TINY = [
@@ -57,7 +63,7 @@ def setup(tmp_path_factory):
 def full_run(setup):
     """Run 160 for 4 steps without interruption, through the script (as the .sh calls it)."""
     root, _, common = setup
-    script = load_script("train_dreambooth_oft")
+    script = train_dreambooth_oft_cli
     adapter = script.main(
         script.parse_args(
             [
@@ -115,7 +121,7 @@ def test_training_outputs(setup, full_run):
 @pytest.mark.numerics
 def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
     root, _, common = setup
-    script = load_script("train_dreambooth_oft")
+    script = train_dreambooth_oft_cli
     args = ["--run", str(RUN), "--max_train_steps", "4", "--output_root", str(root / "killed"), *common]
     class_dir = root / "data" / "class_data" / "cat"
     mtimes = {p.name: p.stat().st_mtime_ns for p in list_images(class_dir)}
@@ -155,7 +161,7 @@ def test_kill_and_resume_continues_exactly(setup, full_run, monkeypatch):
 def test_resume_refuses_another_base(setup, full_run, tmp_path):
     root, _, common = setup
     other = save_single_file(build_sd("tiny", seed=4), tmp_path / "other.ckpt")
-    script = load_script("train_dreambooth_oft")
+    script = train_dreambooth_oft_cli
     args = script.parse_args(
         [
             "--run",
@@ -183,7 +189,7 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
     # UNet level: plain base + adapter (unmerged OFT) == merged single file == merged diffusers folder
     adapted, _ = load_with_adapter(ckpt, full_run, merge=False)
     assert len(list(oft_layers.oft_modules(adapted.unet))) == 32
-    merge_script = load_script("merge_adapter")
+    merge_script = merge_adapter_cli
     single = merge_script.main(
         merge_script.parse_args(
             [
@@ -218,7 +224,7 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
     assert (ya - yb).abs().max() > EFFECT * same["atol"]
 
     # pipeline level: generate.py (adapter in a StableDiffusionPipeline) == the merged folder opened by diffusers
-    gen = load_script("generate")
+    gen = generate_cli
     paths = gen.main(
         gen.parse_args(
             [
@@ -258,7 +264,7 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
 @pytest.mark.numerics
 def test_evaluation_of_the_trained_run(setup, full_run):
     root, _, _ = setup
-    evaluate = load_script("eval_ablation")
+    evaluate = eval_ablation_cli
     argv = ["--output_root", str(root / "full"), "--data_root", str(root / "data"), "--prompts", "10,11"]
     argv += ["--subjects", "cat", "--step", "4", "--num_images", "2", "--lpips_size", "64"]
     args = evaluate.parse_args(argv)
@@ -297,44 +303,37 @@ def test_evaluation_of_the_trained_run(setup, full_run):
 
 def test_bad_input_messages(setup, tmp_path):
     _, ckpt, _ = setup
+    prompts = {"instance_prompt": "a", "class_prompt": "b", "validation_prompt": "v"}
+    folders = {"class_data_dir": str(tmp_path / "c"), "output_dir": str(tmp_path / "o")}
     with pytest.raises(FileNotFoundError, match="dataset_setup_db_dreambooth.sh"):
         train_mod.train(
-            TrainConfig(
-                pretrained_model=str(ckpt),
-                instance_data_dir=str(tmp_path / "none"),
-                instance_prompt="a",
-                class_prompt="b",
-                class_data_dir=str(tmp_path / "c"),
-                validation_prompt="v",
-                output_dir=str(tmp_path / "o"),
+            DreamBoothConfig(
+                pretrained_model=str(ckpt), instance_data_dir=str(tmp_path / "none"), **prompts, **folders
             )
         )
     (tmp_path / "s").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "s" / "a.png")
     with pytest.raises(FileNotFoundError, match="download_model.sh"):
+        missing = str(tmp_path / "missing.ckpt")
         train_mod.train(
-            TrainConfig(
-                pretrained_model=str(tmp_path / "missing.ckpt"),
-                instance_data_dir=str(tmp_path / "s"),
-                instance_prompt="a",
-                class_prompt="b",
-                class_data_dir=str(tmp_path / "c"),
-                validation_prompt="v",
-                output_dir=str(tmp_path / "o"),
+            DreamBoothConfig(
+                pretrained_model=missing, instance_data_dir=str(tmp_path / "s"), **prompts, **folders
             )
         )
     with pytest.raises(ValueError, match="--class_prompt"):
-        TrainConfig(instance_data_dir="x", instance_prompt="a", output_dir="o").validate()
+        DreamBoothConfig(instance_data_dir="x", instance_prompt="a", output_dir="o").validate()
     with pytest.raises(ValueError, match="--validation_prompt"):
-        TrainConfig(
+        DreamBoothConfig(
             instance_data_dir="x", instance_prompt="a", output_dir="o", class_prompt="b", class_data_dir="c"
         ).validate()
+    with pytest.raises(ValueError, match="--seed must be >= 0"):  # the step seeds need a non-negative seed
+        DreamBoothConfig(instance_data_dir="x", seed=-1, **prompts, **folders).validate()
 
 
 @pytest.mark.numerics
 def test_resume_none_starts_over_and_says_so(setup, full_run, monkeypatch, caplog):
     root, _, common = setup
-    script = load_script("train_dreambooth_oft")
+    script = train_dreambooth_oft_cli
     args = ["--run", str(RUN), "--max_train_steps", "4", "--output_root", str(root / "over"), *common]
     real_save = train_mod.save_checkpoint
 
@@ -369,7 +368,7 @@ def test_inputs_are_checked_before_class_images_or_models(setup, tmp_path, monke
         raise AssertionError("expensive work started before the inputs were checked")
 
     monkeypatch.setattr(train_mod, "ensure_class_images", too_late)
-    script = load_script("train_dreambooth_oft")
+    script = train_dreambooth_oft_cli
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(photos / "a.png")
@@ -390,7 +389,7 @@ def test_inputs_are_checked_before_class_images_or_models(setup, tmp_path, monke
         return message
 
     # the model is not even loaded for these
-    monkeypatch.setattr("oft.sd.load_sd", too_late)
+    monkeypatch.setattr(train_mod, "load_sd", too_late)
     assert "r=3 blocks do not divide" in one_line("--r", "3")
     assert "to_k" in one_line("--r", "5") and "take r among [1, 2, 4, 8, 16, 32, 64]" in one_line("--r", "5")
     assert "a_file is not a folder" in one_line("--output_dir", str(tmp_path / "a_file" / "out"))

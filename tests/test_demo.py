@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
-from control_helpers import tiny_sd_file
-from numerics import EFFECT, approx, is_duration, network_terms, tol
 
-from oft.control.checkpoint import build_initial, load_control
+from oft.cli import demo as demo_cli
+from oft.cli import pretrain_tiny_base as pretrain_tiny_base_cli
+from oft.control.checkpoint import build_initial
 from oft.demo.base import PretrainConfig, calibrate_latent_scale, train_unet, validation_images
-from oft.demo.lora import LoRAControl, lora_modules, lora_parameters_per_rank, matched_rank
-from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, load_script, read_losses
+from oft.demo.lora import LoRAControl, load_lora_control, lora_modules, lora_parameters_per_rank, matched_rank
+from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, read_losses
 from oft.sd import build_sd, load_sd
-
-
-def _script(name: str):
-    return load_script(name, "scripts")
+from tests.helpers import REPO
+from tests.helpers.control import tiny_sd_file
+from tests.helpers.numerics import EFFECT, approx, is_duration, network_terms, tol
 
 
 @pytest.mark.numerics
@@ -70,32 +72,56 @@ def test_lora_baseline_starts_at_the_base_counts_its_parameters_and_merges_exact
     # merged W + s·B·A is rounded once, the LoRA layers round on the fly: equal up to the UNet's rounding
     same = tol(torch.float32, network_terms(module.unet), scale=trained.abs().max())
     assert (trained - reference).abs().max() > EFFECT * same["atol"]
-    merged_base, control = module.export_merged(
-        tmp_path / "merged.safetensors", tmp_path / "lora.safetensors"
-    )
-    cm = load_control(control, merged_base)
+    cm = load_lora_control(module.save(tmp_path / "lora.safetensors"))  # a file round trip, LoRA merged
+    assert not lora_modules(cm.sd.unet)  # plain layers: sampling costs exactly the base's
     torch.testing.assert_close(_unet_out(cm.sd.unet), trained, **same)
-    assert torch.equal(cm.hint.zero_conv.weight, module.hint.zero_conv.weight)  # a file round trip
+    assert torch.equal(cm.hint.zero_conv.weight, module.hint.zero_conv.weight)
 
 
-def _demo_argv(base: Path, out: Path) -> list[str]:
-    return ["--base", str(base), "--out_dir", str(out), "--steps", "3", "--val_items", "3", "--sample_steps", "2",
-            "--resolution", "32", "--train_items", "8", "--batch_size", "2", "--threads", "1",
-            "--timestep_range", "100", "200"]  # fmt: skip
+DEMO_ARGV = ["--steps", "3", "--val_items", "3", "--sample_steps", "2", "--resolution", "32", "--train_items", "8",
+             "--batch_size", "2", "--threads", "1", "--timestep_range", "100", "200"]  # fmt: skip
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """``pip install .`` (not editable, no dependencies: the venv has them) of a copy of the checkout into
+    ``<tmp>/site``: the package as a user gets it, with its console commands in ``<tmp>/site/bin``."""
+    skip = shutil.ignore_patterns(".*", "outputs", "data", "models", "build", "*.egg-info", "__pycache__")
+    source = shutil.copytree(REPO, tmp_path / "source", ignore=skip)
+    site = tmp_path / "site"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--target",
+        str(site),
+    ]
+    subprocess.run([*cmd, str(source)], check=True, capture_output=True, timeout=300)
+    return site
 
 
 @pytest.mark.slow
-def test_demo_reduced_writes_every_artefact_and_reuses_finished_stages(tmp_path, capsys):
-    demo = _script("demo")
-    base = tiny_sd_file(tmp_path, name="sd.safetensors")
-    out = tmp_path / "demo"
-    results = demo.main(demo.parse_args(_demo_argv(base, out)))
-    printed = capsys.readouterr().out
-    assert all(label in printed for label in ("base (no control)", "LoRA", "OFT", "COFT", "canny F1"))
+def test_installed_demo_command_writes_every_artefact_and_a_rerun_reuses_its_stages(tmp_path, capsys):
+    site, elsewhere, out = installed_copy(tmp_path), tmp_path / "elsewhere", tmp_path / "demo"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    where = subprocess.run([sys.executable, "-c", "import oft; print(oft.__file__)"], env=env, cwd=elsewhere,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(site)  # the installed package, not the checkout
+    # the default base: the tiny base shipped as package data
+    run = subprocess.run([str(site / "bin" / "oft-demo"), *DEMO_ARGV, "--out_dir", str(out)], env=env,
+                         cwd=elsewhere, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert all(label in run.stdout for label in ("base (no control)", "LoRA", "OFT", "COFT", "canny F1"))
 
     saved = json.loads((out / "results.json").read_text())
+    assert Path(saved["config"]["base"]).is_relative_to(site)
     assert set(saved["methods"]) == set(METHODS)
     assert saved["config"]["timestep_range"] == [100, 200]
+    demo = Demo(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]).config)
     for m in ("lora", "oft", "coft"):  # every method trained on the same timesteps
         hparams = (out / "runs" / m / "logs" / "csv" / "version_0" / "hparams.yaml").read_text()
         assert "timestep_range" in hparams and "100" in hparams and "200" in hparams
@@ -112,7 +138,7 @@ def test_demo_reduced_writes_every_artefact_and_reuses_finished_stages(tmp_path,
     assert abs(lora["adapter"] - oft) <= per_rank / 2  # rank-matched
     assert lora["hint"] == params["oft"]["parameters"]["hint"] > 0
     for m in ("lora", "oft", "coft"):
-        assert (out / "runs" / m / "control_final.safetensors").is_file()
+        assert demo.final_file(m).is_file()
         assert [s for s, _ in read_losses(out / "runs" / m)][-1] >= 1  # a logged loss per run
         assert is_duration(saved["timings"][f"train {m}"]["cpu_s"])
     grid = cv2.imread(str(out / "grid.png"))
@@ -120,26 +146,23 @@ def test_demo_reduced_writes_every_artefact_and_reuses_finished_stages(tmp_path,
     assert cv2.imread(str(out / "loss.png")).shape == (360, 640, 3)
     assert (out / "results.md").read_text().count("\n") == 6  # header, rule, four methods
 
-    # a second run trains and samples nothing again and reports the same numbers
-    finals = {
-        m: os.stat(out / "runs" / m / "control_final.safetensors").st_mtime_ns
-        for m in ("lora", "oft", "coft")
-    }
-    again = demo.main(demo.parse_args(_demo_argv(base, out)))
+    # the same command in-process (the checkout's package) trains and samples nothing again, same numbers
+    finals = {m: os.stat(demo.final_file(m)).st_mtime_ns for m in ("lora", "oft", "coft")}
+    again = demo_cli.main(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]))
     assert "reusing" in capsys.readouterr().out
-    assert {m: os.stat(out / "runs" / m / "control_final.safetensors").st_mtime_ns for m in finals} == finals
-    assert again["methods"] == results["methods"] and again["timings"] == results["timings"]
+    assert {m: os.stat(demo.final_file(m)).st_mtime_ns for m in finals} == finals
+    assert again["methods"] == saved["methods"] and again["timings"] == saved["timings"]
 
 
 def test_demo_refuses_a_missing_base_with_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrain_tiny_base.py"):
         Demo(DemoConfig(base=tmp_path / "nope.safetensors"))
     with pytest.raises(SystemExit):
-        _script("demo").parse_args(["--resolution", "30"])
+        demo_cli.parse_args(["--resolution", "30"])
 
 
 def test_pretrain_script_reduced_writes_a_loadable_base_and_reuses_stages(tmp_path):
-    script = _script("pretrain_tiny_base")
+    script = pretrain_tiny_base_cli
     out = tmp_path / "base" / "tiny.safetensors"
     argv = ["--out", str(out), "--work_dir", str(tmp_path / "work"), "--size", "32", "--vae_steps", "2",
             "--vae_batch", "2", "--unet_steps", "2", "--unet_batch", "2", "--eval_items", "2"]  # fmt: skip

@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
-from oft.data import files
-from oft.data.files import (
+from oft.cli.run import run_main
+from oft.common import files
+from oft.common.files import (
     WriteError,
     atomic_torch_save,
     atomic_write,
@@ -22,7 +23,6 @@ from oft.data.files import (
     create_output_folder,
     temporaries,
 )
-from oft.entry_points import run_main
 
 
 def only(folder) -> list[str]:

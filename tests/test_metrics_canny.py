@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from metrics_helpers import load_script, save
 
+from oft.cli.control import eval_canny as eval_canny_cli
 from oft.metrics.canny import canny_edges, edge_iou_f1
 from oft.metrics.folder import (
     MissingResultsError,
@@ -17,6 +17,7 @@ from oft.metrics.folder import (
     open_sample_folder,
     write_json,
 )
+from tests.helpers.metrics import save
 
 
 def step_image(size: int = 32, col: int = 16) -> np.ndarray:
@@ -97,7 +98,7 @@ def test_write_json_is_atomic_and_nan_free(tmp_path):
 
 def test_eval_canny_script(tmp_path, capsys):
     make_folder(tmp_path)
-    script = load_script("eval_canny")
+    script = eval_canny_cli
     report = script.main(script.parse_args([str(tmp_path)]))
     assert (report["iou"], report["f1"], report["images"]) == (0.5, 0.5, 2)  # mean of 1 and 0
     saved = json.loads((tmp_path / "eval_canny.json").read_text())

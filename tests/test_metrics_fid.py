@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from metrics_helpers import load_script, save
-from numerics import tol
 from pytorch_fid import inception
 from pytorch_fid.fid_score import ImagePathDataset
 
+from oft.cli.control import eval_fid as eval_fid_cli
 from oft.metrics.fid import (
     INCEPTION_FILE,
     INCEPTION_URL,
@@ -23,6 +22,8 @@ from oft.metrics.fid import (
     inception_features,
     load_inception,
 )
+from tests.helpers.metrics import save
+from tests.helpers.numerics import tol
 
 
 def rotation(theta: float) -> np.ndarray:
@@ -147,7 +148,7 @@ def test_eval_fid_script_with_a_known_feature_extractor(tmp_path, monkeypatch, c
         save(tmp_path / "source" / f"image_{i}.png", np.full((4, 4, 3), level, np.uint8))
         save(tmp_path / "results" / f"result_{i}_0.png", np.full((4, 4, 3), level, np.uint8))
         save(tmp_path / "results" / f"result_{i}_1.png", np.full((4, 4, 3), level + 51, np.uint8))
-    script = load_script("eval_fid")
+    script = eval_fid_cli
     monkeypatch.setattr(script, "load_inception", lambda path, device: MeanColour())
     report = script.main(script.parse_args([str(tmp_path)]))
     # equal features in all 3 dimensions: a rank-1 covariance, the worst case of fid_rounding_bound

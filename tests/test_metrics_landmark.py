@@ -9,10 +9,11 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from metrics_helpers import load_script, save
 
+from oft.cli.control import eval_landmark as eval_landmark_cli
 from oft.metrics.folder import open_sample_folder
 from oft.metrics.landmark import FaceAlignmentDetector, evaluate_landmarks, landmark_error, load_landmark_file
+from tests.helpers.metrics import save
 
 SHIFT = np.array([3.0, 4.0])  # a 5-pixel shift
 
@@ -66,7 +67,7 @@ def test_each_item_is_compared_with_its_own_landmarks(tmp_path):
 
 def test_ground_truth_files_json_npy_and_reference_folder(tmp_path, capsys):
     make_folder(tmp_path / "out")
-    script = load_script("eval_landmark")
+    script = eval_landmark_cli
     expected = (5 + 5 + 15) / 3
 
     (tmp_path / "gt.json").write_text(json.dumps({str(i): gt_points(i).tolist() for i in range(6)}))

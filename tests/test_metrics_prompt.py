@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oft.data.synthetic import COLOURS, make_item
 from oft.metrics.prompt import (
     NAMES,
     colour_classes,
@@ -14,6 +13,7 @@ from oft.metrics.prompt import (
     region_colours,
     unmasked_adherence,
 )
+from oft.specs.synthetic import COLOURS, make_item
 
 
 def square_image(colour: str, background: str, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

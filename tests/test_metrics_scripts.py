@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 
 import pytest
-from metrics_helpers import REPO, load_script
+
+from tests.helpers.metrics import REPO
 
 SCRIPTS = {
     "eval_canny": "eval_canny.json",
@@ -19,7 +21,7 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help_explains_inputs_outputs_and_sample_choice(name, capsys):
-    script = load_script(name)
+    script = importlib.import_module(f"oft.cli.control.{name}")
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--help"])
     assert exit_info.value.code == 0

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from metrics_helpers import load_script, save
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
+from oft.cli.control import eval_segm as eval_segm_cli
 from oft.metrics.segmentation import (
     intersect_and_union,
     load_segformer,
@@ -18,6 +18,7 @@ from oft.metrics.segmentation import (
     reduce_zero_label,
     segmentation_metrics,
 )
+from tests.helpers.metrics import save
 
 # Two images as ADE20K annotations (0 = other; k = class k - 1 after reduce_zero_label) and predictions.
 LABEL_A = np.array([[1, 1, 2, 0], [2, 2, 3, 3]], np.uint8)
@@ -131,7 +132,7 @@ def make_dataset(tmp_path):
 
 def test_eval_segm_script_matches_the_hand_computed_scores(tmp_path, capsys):
     out, data = make_dataset(tmp_path)
-    script = load_script("eval_segm")
+    script = eval_segm_cli
     report = script.main(script.parse_args([str(out), "--data-root", str(data)]), segmenter=FakeSegmenter())
     for key, value in EXPECTED.items():
         assert report[key] == pytest.approx(value)

@@ -17,8 +17,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import oft_layers
-from oft.db.train import read_state, save_checkpoint
-from oft.entry_points import REPO, load_script, run_main
+from oft.cli.db import train_dreambooth_oft as train_dreambooth_oft_cli
+from oft.cli.run import run_main
+from oft.db.checkpoints import read_state, save_checkpoint
+from tests.helpers import REPO
 
 # (files, text in the call) of the torch.load calls let through, and why
 ALLOWED = [
@@ -127,7 +129,7 @@ def test_dreambooth_resume_refuses_a_malicious_state(evil, tmp_path, monkeypatch
     save_file({"x": torch.zeros(1)}, str(checkpoint / "adapter.safetensors"))
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "photos" / "a.png")
-    script = load_script("train_dreambooth_oft", "oft-db")
+    script = train_dreambooth_oft_cli
     argv = [
         "--pretrained_model", str(tmp_path / "never-loaded.ckpt"),
         "--instance_data_dir", str(tmp_path / "photos"),
@@ -150,16 +152,18 @@ def read_control(path: Path):
 
 
 def read_sd_checkpoint(path: Path):
-    from oft.sd.convert import read_single_file
+    from oft.sd.weightfiles import read_single_file
 
     return read_single_file(path)
 
 
 def resume_toy_autoencoder(path: Path):
-    from oft import toy_ae
+    from oft.toy.config import ToyConfig
+    from oft.toy.model import ConvAutoEncoder
+    from oft.toy.train import train_autoencoder
 
-    config = toy_ae.ToyConfig(epochs=1, image_size=8, num_images=2, batch_size=2)
-    return toy_ae.train_autoencoder(toy_ae.ConvAutoEncoder(), torch.zeros(2, 3, 8, 8), config, 0, path, {})
+    config = ToyConfig(epochs=1, image_size=8, num_images=2, batch_size=2)
+    return train_autoencoder(ConvAutoEncoder(), torch.zeros(2, 3, 8, 8), config, 0, path, {})
 
 
 def load_fid_inception(path: Path):
@@ -178,9 +182,9 @@ LOADERS = {  # loader: (file name, where the payload goes: what the loader reads
 
 @pytest.mark.parametrize("loader", LOADERS, ids=lambda f: f.__name__)
 def test_loaders_refuse_a_malicious_file(loader, evil, tmp_path):
-    """oft/control/checkpoint.py, oft/sd/convert.py, oft/toy_ae.py's resume, oft/metrics/fid.py: each refuses
+    """oft/control/checkpoint.py, oft/sd/convert.py, oft/toy/train.py's resume, oft/metrics/fid.py: each refuses
     with its own error type, all ValueErrors but the toy's (examples/toy_exp_ae.py prints ToyDataError)."""
-    from oft.toy_ae import ToyDataError
+    from oft.toy.config import ToyDataError
 
     write, marker = evil
     name, wrap = LOADERS[loader]

@@ -15,10 +15,10 @@ import math
 
 import pytest
 import torch
-from numerics import eps
 from torch import nn
 
 import oft_layers as ol
+from tests.helpers.numerics import eps
 
 pytestmark = pytest.mark.numerics
 

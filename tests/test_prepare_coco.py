@@ -1,4 +1,4 @@
-"""COCO preparation (scripts/prepare_coco.py, oft.data.coco) on a few synthetic COCO-shaped images."""
+"""COCO preparation (scripts/prepare_coco.py, oft.setup.coco) on a few synthetic COCO-shaped images."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from oft.control.tasks import TASKS, get_task, read_captions
-from oft.data.coco import SUBSET_TASKS, canny_map, square_resize, write_subsets
-from oft.data.layout import check_control_dataset
-from tests.setup_helpers import Route, load_script, server, zip_bytes
+from oft.cli import prepare_coco as prepare_coco_cli
+from oft.setup.coco import SUBSET_TASKS, canny_map, square_resize, write_subsets
+from oft.setup.layout import check_control_dataset
+from oft.specs.tasks import TASKS, get_task, read_captions
+from tests.helpers.setup import Route, server, zip_bytes
 
 __all__ = ["server"]  # the fixture, imported for pytest
 
-prepare = load_script("prepare_coco")
+prepare = prepare_coco_cli
 
 
 def make_coco(root: Path, n_train: int = 10, n_val: int = 5) -> Path:
@@ -104,7 +105,7 @@ def test_without_coco_dir_the_official_archives_are_fetched(coco, server, tmp_pa
         server.routes[f"/{name}.zip"] = Route(
             zip_bytes({f"{folder}/{p.name}": p.read_bytes() for p in sorted((coco / folder).iterdir())})
         )
-        # small stand-ins for the archives: without the published SHA-256 that oft.data.sources pins
+        # small stand-ins for the archives: without the published SHA-256 that oft.setup.sources pins
         sources[name] = dataclasses.replace(
             prepare.SOURCES[name], urls=(server.url(f"/{name}.zip"),), sha256=None, size_bytes=None
         )

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from control_helpers import REPO, initial_model, load_script, tiny_sd_file
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from oft.cli.control import train as train_cli
 from oft.control.checkpoint import ControlCheckpointError, load_control
 from oft.sd import build_sd, load_sd
-from oft.sd import models as sd_models
-from oft.sd.convert import save_single_file
-from oft.sd.models import identity_of, legacy_identity_of
+from oft.sd import identity as sd_identity
+from oft.sd.identity import identity_of, legacy_identity_of
+from oft.sd.loading import save_single_file
+from tests.helpers.control import REPO, initial_model, tiny_sd_file
 
 ADAPTER = ["--r=4", "--eps=1e-3", "--coft"]
 
@@ -85,7 +86,9 @@ def test_the_fingerprint_reads_a_few_mb_of_a_large_file(tmp_path, monkeypatch):
             read.append(n or 0)
             return n
 
-    monkeypatch.setattr(sd_models, "open", lambda p, mode="rb": io.BufferedReader(Counting(p)), raising=False)
+    monkeypatch.setattr(
+        sd_identity, "open", lambda p, mode="rb": io.BufferedReader(Counting(p)), raising=False
+    )
     identity_of(path)
     assert 0 < sum(read) < 2 << 20  # 16 slices of 64 KiB plus the header and read-ahead
 
@@ -102,7 +105,7 @@ def test_resume_and_sampling_accept_a_copied_or_touched_base_and_refuse_another(
     with pytest.raises(ControlCheckpointError, match=r"was built on base SD 'fp1:.*\(the weights differ\)"):
         load_control(ini, other)
 
-    train, argv = load_script("train"), train_argv(ini, tmp_path / "run")
+    train, argv = train_cli, train_argv(ini, tmp_path / "run")
     train.main(train.parse_args([*argv, "--max_steps", "1"]))
     os.utime(base, ns=(2, 2))  # touched between the kill and the resume
     train.main(train.parse_args([*argv, "--max_steps", "2", "--resume", "auto"]))
@@ -124,7 +127,7 @@ def test_files_with_the_legacy_identity_load_on_the_same_untouched_base(tmp_path
     legacy = _with_legacy_identity(initial_model(tmp_path, base, *ADAPTER), base)
     cm = load_control(legacy)
     assert cm.sd.identity == legacy_identity_of(base)  # carried on: this run's checkpoints keep matching
-    train, argv = load_script("train"), train_argv(legacy, tmp_path / "run")
+    train, argv = train_cli, train_argv(legacy, tmp_path / "run")
     train.main(train.parse_args([*argv, "--max_steps", "1"]))
     train.main(train.parse_args([*argv, "--max_steps", "2", "--resume", "auto"]))  # resumes
     os.utime(base, ns=(1, 1))  # the legacy form cannot survive a touch: refused, saying why

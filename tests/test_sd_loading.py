@@ -8,8 +8,8 @@ import torch
 
 from oft.sd import build_sd, load_sd
 from oft.sd.configs import PRESETS
-from oft.sd.convert import read_single_file, save_single_file, to_ldm_state_dict
-from oft.sd.models import missing_checkpoint_message
+from oft.sd.loading import missing_checkpoint_message, save_single_file, to_ldm_state_dict
+from oft.sd.weightfiles import read_single_file
 
 
 @pytest.fixture(scope="module")

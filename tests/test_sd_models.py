@@ -4,10 +4,10 @@ import pytest
 import torch
 from diffusers.models.activations import GEGLU
 from diffusers.models.attention import FeedForward
-from numerics import approx, network_terms, tol
 
 from oft.sd import SDModels, build_sd
 from oft.sd.configs import LATENT_SCALE, preset_config
+from tests.helpers.numerics import approx, network_terms, tol
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
 """Samplers: per-item seeds (batch-split invariant), CFG mixing, and the conv_in control hook on both branches."""
 
+import inspect
+
 import pytest
 import torch
-from numerics import EFFECT, network_terms, tol
 
 from oft.sd import build_sd
 from oft.sd.hooks import add_to_conv_in, conv_in_channels
-from oft.sd.sampling import CONTROL_EVAL, DREAMBOOTH_VALIDATION, make_scheduler, sample
+from oft.sd.sampling import make_scheduler, sample
+from oft.specs.sampling import CONTROL_EVAL, DREAMBOOTH_VALIDATION
+from tests.helpers.numerics import EFFECT, network_terms, tol
 
 PROMPTS = ["a photo of qwe dog", "a photo of qwe dog", "a teapot on a table"]
 
@@ -71,8 +74,14 @@ def test_schedulers_have_sd15_settings(tiny):
     assert not ddim.config.set_alpha_to_one and ddim.config.beta_schedule == "scaled_linear"
     dpm = make_scheduler("dpm", tiny.noise_scheduler.config)
     assert dpm.config.algorithm_type == "dpmsolver++" and dpm.config.solver_order == 2
-    assert CONTROL_EVAL == {"sampler": "ddim", "steps": 50, "guidance": 9.0, "eta": 0.0}
-    assert DREAMBOOTH_VALIDATION == {"sampler": "dpm", "steps": 25, "guidance": 7.5}
+    # the paper's settings (SPEC §3, §4): control evaluation DDIM 50, CFG 9, eta 0; DreamBooth DPM-Solver++ 25, 7.5
+    for preset, paper in (
+        (CONTROL_EVAL, ("ddim", 50, 9.0, 0.0)),
+        (DREAMBOOTH_VALIDATION, ("dpm", 25, 7.5, 0.0)),
+    ):
+        assert (preset.sampler, preset.steps, preset.guidance, preset.eta) == paper
+    defaults = {k: p.default for k, p in inspect.signature(sample).parameters.items()}
+    assert {k: defaults[k] for k in ("sampler", "steps", "guidance", "eta")} == CONTROL_EVAL.kwargs()
 
 
 @pytest.mark.numerics

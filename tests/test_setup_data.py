@@ -1,4 +1,4 @@
-"""scripts/setup_data.py and oft.data.download against a local HTTP server on 127.0.0.1 (offline).
+"""scripts/setup_data.py and oft.setup.download against a local HTTP server on 127.0.0.1 (offline).
 
 The server serves small archives built here from the task table (good, truncated, corrupt, wrong layout,
 404, redirects); each test checks what lands on disk and the one error line a user would see.
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from oft.control.tasks import TASKS, get_task
-from oft.data import download
-from oft.data.layout import LayoutError, check_control_dataset
-from oft.db.subjects import PROMPTS_FILE, SUBJECTS
-from tests.setup_helpers import REPO, Route, closed_port_url, error_line, load_script, server, zip_bytes
+from oft.cli import setup_data as setup_data_cli
+from oft.setup import download
+from oft.setup.layout import LayoutError, check_control_dataset
+from oft.specs.subjects import PROMPTS_FILE, SUBJECTS
+from oft.specs.tasks import TASKS, get_task
+from tests.helpers.setup import REPO, Route, closed_port_url, error_line, server, zip_bytes
 
-setup_data = load_script("setup_data")
+setup_data = setup_data_cli
 __all__ = ["server"]  # the fixture, imported for pytest
 
 

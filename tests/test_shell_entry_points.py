@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.setup_helpers import REPO
+from tests.helpers.setup import REPO
 
 HELPER = REPO / "scripts" / "_python.sh"
 SCRIPTS = sorted(

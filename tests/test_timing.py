@@ -1,4 +1,4 @@
-"""The benchmark machinery (oft.timing) and the layer benchmark's bookkeeping, without timing anything real.
+"""The benchmark machinery (oft.common.timing) and the layer benchmark's bookkeeping, without timing anything real.
 
 No assertion here reads a clock: the statistics get known inputs, the interleaving is checked by the order of
 calls, and the child runner by what a child prints, how it fails, and that a hung child is killed.
@@ -12,8 +12,9 @@ import sys
 import pytest
 import torch
 
-from oft import timing
-from oft.entry_points import REPO, load_script
+from bench import bench_layers as bench_layers_cli
+from oft.common import timing
+from tests.helpers import REPO
 
 
 def test_median_ratio_known_answers():
@@ -64,7 +65,7 @@ def test_machine_info_names_the_kernels_in_use(monkeypatch):
 @pytest.fixture
 def bench(monkeypatch):
     threads = torch.get_num_threads()  # the bench's child sets the thread count: restore it for other tests
-    module = load_script("bench_layers", "bench")
+    module = bench_layers_cli
     monkeypatch.setattr(module, "SHAPES", [("tiny 32 @ 48", 32, 32, 48)])
     yield module
     torch.set_num_threads(threads)

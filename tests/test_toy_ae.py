@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from numerics import approx, is_duration, network_terms, tol
 from PIL import Image
 from torch import nn
 
-from oft import toy_ae
-from oft.entry_points import load_script
-
-script = load_script("toy_exp_ae", "examples")
+from oft.cli import toy_exp_ae as script
+from oft.toy.config import CPU_DEFAULTS
+from oft.toy.data import load_images, resolve_dataset, skimage_images, texture_images
+from oft.toy.model import MODES, ConvAutoEncoder, angle_scale
+from oft.toy.operators import angle_only, bottleneck_decomposition, magnitude_only, patch_norm
+from tests.helpers.numerics import approx, is_duration, network_terms, tol
 
 
 def _loop_decomposition(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def test_operators_match_explicit_loop(stride: int, padding: int) -> None:
     x[1, :, :3, :3] = 0.0  # a zero patch: cos defined as 0, magnitude 0, no NaN
     conv = nn.Conv2d(3, 4, 3, stride=stride, padding=padding)
     with torch.no_grad():
-        cos, mag = toy_ae.bottleneck_decomposition(x, conv)
+        cos, mag = bottleneck_decomposition(x, conv)
         ref_cos, ref_mag = _loop_decomposition(x, conv)
         bias = conv.bias.view(1, -1, 1, 1)
         # float32 against the float64 loop: <w, p>, ‖w‖ and ‖p‖ are 27-term sums, each within γ_27·‖w‖‖p‖
@@ -61,12 +62,12 @@ def test_operators_match_explicit_loop(stride: int, padding: int) -> None:
             mag.double(), ref_mag, **tol(torch.float32, PATCH, worst_case=True, scale=big)
         )
         torch.testing.assert_close(
-            toy_ae.angle_only(x, conv, 2.5).double(),
+            angle_only(x, conv, 2.5).double(),
             2.5 * ref_cos + bias,
             **tol(torch.float32, PATCH, worst_case=True, scale=2.5),
         )
         torch.testing.assert_close(
-            toy_ae.magnitude_only(x, conv).double(),
+            magnitude_only(x, conv).double(),
             ref_mag + bias,
             **tol(torch.float32, PATCH, worst_case=True, scale=big),
         )
@@ -89,15 +90,15 @@ def test_known_angles_on_hand_made_patch() -> None:
     x = (2 * w0).view(1, 2, 2, 2)  # ‖p‖ = 2√8
     n = 8  # float32 sums of 8 terms (patch and filter norms, dot products)
     with torch.no_grad():
-        cos, mag = toy_ae.bottleneck_decomposition(x, conv)
+        cos, mag = bottleneck_decomposition(x, conv)
         assert cos.flatten().tolist() == approx([1.0, -1.0, 0.0], torch.float32, n, worst_case=True)
         assert mag.flatten().tolist() == approx(
             [16.0, 16.0, 4 * math.sqrt(2)], torch.float32, n, worst_case=True
         )
-        assert toy_ae.angle_only(x, conv, 3.0).flatten().tolist() == approx(
+        assert angle_only(x, conv, 3.0).flatten().tolist() == approx(
             [3.5, -4.0, 2.0], torch.float32, n, worst_case=True, scale=3.0
         )
-        assert toy_ae.magnitude_only(x, conv).flatten().tolist() == approx(
+        assert magnitude_only(x, conv).flatten().tolist() == approx(
             [16.5, 15.0, 4 * math.sqrt(2) + 2], torch.float32, n, worst_case=True
         )
 
@@ -106,7 +107,7 @@ def test_known_angles_on_hand_made_patch() -> None:
 def test_patch_norm_equals_unfold() -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 5, 9, 7)
-    got = toy_ae.patch_norm(x, 3, stride=2, padding=1)  # [2, 1, 5, 4]
+    got = patch_norm(x, 3, stride=2, padding=1)  # [2, 1, 5, 4]
     cols = F.unfold(x, 3, padding=1, stride=2)  # [2, 5·9, 20]
     # two float32 norms of the same 45 values, each within γ_45 relative (a sum of squares has no cancellation)
     torch.testing.assert_close(
@@ -117,34 +118,34 @@ def test_patch_norm_equals_unfold() -> None:
 @pytest.mark.numerics
 def test_angle_scale_is_mean_training_magnitude() -> None:
     torch.manual_seed(2)
-    model, images = toy_ae.ConvAutoEncoder(), torch.rand(10, 3, 16, 16) * 2 - 1
+    model, images = ConvAutoEncoder(), torch.rand(10, 3, 16, 16) * 2 - 1
     with torch.no_grad():
-        _, mag = toy_ae.bottleneck_decomposition(model.features(images), model.bottleneck)
+        _, mag = bottleneck_decomposition(model.features(images), model.bottleneck)
     # batches of 3 against one of 10 (other GEMM shapes), then means of the magnitudes in another order:
     # every magnitude passes through enc1, enc2 and the bottleneck's patch norm, and the mean sums them all
     n = mag.numel() + network_terms(model.enc1, model.enc2, model.bottleneck)
-    assert toy_ae.angle_scale(model, images, batch_size=3) == approx(mag.mean().item(), torch.float32, n)
+    assert angle_scale(model, images, batch_size=3) == approx(mag.mean().item(), torch.float32, n)
 
 
 def test_offline_image_sets() -> None:
-    tex = toy_ae.texture_images(4, 16, seed=3)
+    tex = texture_images(4, 16, seed=3)
     assert tex.shape == (4, 3, 16, 16) and tex.min() >= -1 and tex.max() <= 1
-    assert torch.equal(tex, toy_ae.texture_images(4, 16, seed=3))  # seeded: the same draws, bit for bit
+    assert torch.equal(tex, texture_images(4, 16, seed=3))  # seeded: the same draws, bit for bit
     assert tex.std(dim=(2, 3)).mean() > 0.05  # structure, not flat colour
-    train = toy_ae.skimage_images(3, 24, "train", seed=0)
-    test = toy_ae.skimage_images(3, 24, "test", seed=0)
+    train = skimage_images(3, 24, "train", seed=0)
+    test = skimage_images(3, 24, "test", seed=0)
     assert train.shape == test.shape == (3, 3, 24, 24) and train.min() >= -1 and train.max() <= 1
     assert not torch.allclose(train, test)  # held-out photographs
 
 
 def test_dataset_resolution(tmp_path: Path) -> None:
-    assert toy_ae.resolve_dataset("auto", tmp_path, download=False) == "skimage"
-    assert toy_ae.resolve_dataset("auto", tmp_path, download=True) == "flowers"
+    assert resolve_dataset("auto", tmp_path, download=False) == "skimage"
+    assert resolve_dataset("auto", tmp_path, download=True) == "flowers"
     folder = tmp_path / "flowers-102"
     (folder / "jpg").mkdir(parents=True)
     (folder / "setid.mat").touch()
     (folder / "imagelabels.mat").touch()
-    assert toy_ae.resolve_dataset("auto", tmp_path, download=False) == "flowers"
+    assert resolve_dataset("auto", tmp_path, download=False) == "flowers"
 
 
 def test_flowers_loader_reads_torchvision_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,8 +160,8 @@ def test_flowers_loader_reads_torchvision_layout(tmp_path: Path, monkeypatch: py
     savemat(folder / "setid.mat", {"trnid": [1, 2], "valid": [3, 4], "tstid": [4, 1]})
     savemat(folder / "imagelabels.mat", {"labels": [1, 1, 2, 2]})
     monkeypatch.setattr(Flowers102, "_check_integrity", lambda self: True)
-    train = toy_ae.load_images("flowers", tmp_path, 5, 8, "train", seed=0, download=False)
-    test = toy_ae.load_images("flowers", tmp_path, 1, 8, "test", seed=0, download=False)
+    train = load_images("flowers", tmp_path, 5, 8, "train", seed=0, download=False)
+    test = load_images("flowers", tmp_path, 1, 8, "test", seed=0, download=False)
     assert train.shape == (2, 3, 8, 8) and test.shape == (
         1,
         3,
@@ -186,7 +187,7 @@ def test_script_runs_offline_and_writes_outputs(tmp_path: Path, capsys: pytest.C
     saved = json.loads((out / "errors.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["dataset"] == "skimage" and saved["config"]["epochs"] == 2 and saved["num_test"] == 6
-    for mode in (*toy_ae.MODES, "mean_colour_baseline"):
+    for mode in (*MODES, "mean_colour_baseline"):
         mse = saved["mse"][mode]
         assert 0 < mse < 1
         assert saved["psnr_db"][mode] == pytest.approx(-10 * math.log10(mse))
@@ -221,7 +222,7 @@ def test_paper_preset_and_overrides() -> None:
     assert (args.epochs, args.image_size, args.num_images, args.batch_size) == (200, 64, 1000, 128)
     assert script.parse_args(["--paper", "--epochs", "3"]).epochs == 3
     cpu = script.parse_args([])
-    assert (cpu.epochs, cpu.batch_size) == (toy_ae.CPU_DEFAULTS.epochs, toy_ae.CPU_DEFAULTS.batch_size)
+    assert (cpu.epochs, cpu.batch_size) == (CPU_DEFAULTS.epochs, CPU_DEFAULTS.batch_size)
 
 
 def test_bad_input_gives_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -24,12 +24,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import oft_layers
+from oft.common.files import atomic_torch_save, atomic_write
+from oft.common.safe_load import load_error_line
 from oft.control.hint import HintEncoder
-from oft.data.files import atomic_torch_save, atomic_write
-from oft.safe_load import load_error_line
 from oft.sd import SDModels, load_sd
-from oft.sd.convert import to_ldm_state_dict
-from oft.sd.models import identity_mismatch_hint
+from oft.sd.identity import identity_mismatch_hint
+from oft.sd.loading import to_ldm_state_dict
 from oft.sd.targets import CONTROL_TARGETS
 
 CONTROL_FORMAT = "1"

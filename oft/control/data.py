@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from oft.control.tasks import Task, get_task, read_captions
-from oft.data import synthetic
-from oft.paths import data_root
+from oft.common.images import read_rgb
+from oft.common.paths import data_root
+from oft.specs import synthetic
+from oft.specs.tasks import Task, get_task, read_captions
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_SIZES = {"train": 64, "val": 16}  # default numbers of synthetic items per split
@@ -66,14 +67,15 @@ def to_item(target: np.ndarray, hint: np.ndarray, caption: str, index: int) -> d
     return {"jpg": jpg, "hint": hint_t, "txt": caption, "index": index}
 
 
-def read_rgb(path: Path, size: int, interpolation: int) -> np.ndarray:
+def read_resized(path: Path, size: int, interpolation: int) -> np.ndarray:
     """An image file as (size, size, 3) uint8 RGB; raises ``DataError`` when it cannot be decoded."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"cannot decode image {path}")
+    try:
+        image = read_rgb(path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
     if image.shape[:2] != (size, size):
         image = cv2.resize(image, (size, size), interpolation=interpolation)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 class ControlDataset(Dataset):
@@ -151,7 +153,7 @@ class ControlDataset(Dataset):
                     f"item {index} of {self.captions}: missing file {path}", index, path
                 )
             try:  # nearest-neighbour for the hint keeps the label colours of segm maps
-                images.append(read_rgb(path, self.resolution, interpolation))
+                images.append(read_resized(path, self.resolution, interpolation))
             except DataError as err:
                 raise UnreadableItemError(f"item {index} of {self.captions}: {err}", index, path) from None
         return to_item(*images, prompt, index)
@@ -170,7 +172,7 @@ class ControlDataset(Dataset):
 
 
 class SyntheticDataset(Dataset):
-    """The synthetic task (``oft.data.synthetic``): ``length`` items of ``size`` px, control ``hint_kind``."""
+    """The synthetic task (``oft.specs.synthetic``): ``length`` items of ``size`` px, control ``hint_kind``."""
 
     def __init__(
         self,

@@ -1,10 +1,7 @@
 """Parallel sampling for evaluation (``test_oft_parallel.py``): chunks of the validation set, one worker per GPU
 or CPU worker, seeded per item, resumable, in the reference's output layout (SPEC §3):
 
-    <out>/source/image_{i}.png      target (ground truth) of item i
-    <out>/hints/hint_{i}.png        its control image
-    <out>/results/result_{i}_{n}.png  sample n of item i (n < num_samples)
-    <out>/excluded/item_{i}.json    only with ``skip_unreadable``: item i could not be read (why), no outputs
+    the layout of ``oft.specs.layout`` (source/, hints/, results/, excluded/).
 
 Item i is always line i of the caption file (``ControlDataset`` keeps indices): before sampling, every item to
 do is read once, and an unreadable one stops the run with its index and path (``UnreadableItemError``), or with
@@ -25,36 +22,38 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 import oft_layers
+from oft.common.files import atomic_write_json
+from oft.common.images import write_png
+from oft.common.seeds import derived_seed
 from oft.control.checkpoint import ControlModel, load_control
+from oft.control.config import Sampling
 from oft.control.data import DataError, UnreadableItemError
-from oft.control.images import write_png
-from oft.data.files import atomic_write_json
 from oft.sd import add_to_conv_in, sample
+from oft.specs.layout import EXCLUDED, excluded_path, hint_path, result_path, source_path
 
 
 @dataclass(frozen=True)
 class SamplingJob:
-    """What every worker needs: the model, the data, where to write, and the paper's sampling settings."""
+    """What every worker needs: the model (a control-model file, or a loaded ``ControlModel``), its base,
+    where to write, the sampling settings and the seed."""
 
-    model: str
+    model: str | os.PathLike | ControlModel
     base: str | None
     out_dir: Path
-    num_samples: int = 6
-    steps: int = 50
-    guidance: float = 9.0
-    eta: float = 0.0
+    sampling: Sampling = Sampling()
     seed: int = 0
-    skip_unreadable: bool = False  # record unreadable items in <out>/excluded/ and sample the rest
+
+    @property
+    def num_samples(self) -> int:
+        return self.sampling.num_samples
 
 
-EXCLUDED = "excluded"  # <out>/excluded/item_{i}.json: items the sampler could not read (oft.metrics.folder)
-SKIP_FLAG = "--skip-unreadable"  # test_oft_parallel.py's flag for ``SamplingJob.skip_unreadable``
+SKIP_FLAG = "--skip-unreadable"  # test_oft_parallel.py's flag for ``Sampling.skip_unreadable``
 
 
 @torch.no_grad()
@@ -69,12 +68,6 @@ def generate(
     features = cm.hint(hints.to(cm.sd.device, torch.float32))
     with add_to_conv_in(cm.sd.unet, features):
         return sample(cm.sd, prompts, seeds=seeds, height=hints.shape[-2], width=hints.shape[-1], **sampling)
-
-
-def derived_seed(*keys: int) -> int:
-    """A 63-bit seed that is a function of ``keys`` only (numpy's SeedSequence hashing): sample (seed, item, n)
-    here, training step (seed, step, rank) in ``oft.control.model``."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def sample_seed(seed: int, index: int, n: int) -> int:
@@ -95,19 +88,14 @@ def chunk(img_id: int, batch: int, total: int) -> range:
 def output_paths(out_dir: Path, index: int, num_samples: int) -> list[Path]:
     """The files item ``index`` produces: target, hint, then its samples."""
     return [
-        out_dir / "source" / f"image_{index}.png",
-        out_dir / "hints" / f"hint_{index}.png",
-        *(out_dir / "results" / f"result_{index}_{n}.png" for n in range(num_samples)),
+        source_path(out_dir, index),
+        hint_path(out_dir, index),
+        *(result_path(out_dir, index, n) for n in range(num_samples)),
     ]
 
 
 def is_done(out_dir: Path, index: int, num_samples: int) -> bool:
     return all(p.is_file() for p in output_paths(out_dir, index, num_samples))
-
-
-def excluded_path(out_dir: Path, index: int) -> Path:
-    """The record of an item the sampler could not read (written only with ``skip_unreadable``)."""
-    return out_dir / EXCLUDED / f"item_{index}.json"
 
 
 def find_unreadable(dataset: Dataset, indices: list[int]) -> dict[int, DataError]:
@@ -127,7 +115,7 @@ def find_unreadable(dataset: Dataset, indices: list[int]) -> dict[int, DataError
 
 def check_items(job: SamplingJob, dataset: Dataset, indices: list[int]) -> list[int]:
     """The unfinished items of ``indices`` that can be read: unreadable ones stop the run (one line naming
-    the first and how many), or with ``job.skip_unreadable`` are recorded in ``excluded/`` and left out.
+    the first and how many), or with ``job.sampling.skip_unreadable`` are recorded in ``excluded/`` and left out.
 
     Records of items that are finished (or readable now) are removed: an item is either sampled or recorded.
     """
@@ -138,7 +126,7 @@ def check_items(job: SamplingJob, dataset: Dataset, indices: list[int]) -> list[
         else:
             todo.append(i)
     bad = find_unreadable(dataset, todo)
-    if bad and not job.skip_unreadable:
+    if bad and not job.sampling.skip_unreadable:
         first = min(bad)
         raise UnreadableItemError(
             f"{len(bad)} of {len(todo)} items to sample cannot be read, first {bad[first]}: restore the file "
@@ -162,30 +150,39 @@ def run_items(
     todo = [i for i in indices if not is_done(job.out_dir, i, job.num_samples)]
     if not todo:
         return 0
-    cm = load_control(job.model, job.base, device=device)
+    given = isinstance(job.model, ControlModel)
+    cm = job.model if given else load_control(job.model, job.base, device=device)
     cm.hint.eval()
     oft_layers.merge(cm.sd.unet)  # fold each rotation into its weight once: sampling costs exactly SD's
-    for i in tqdm(todo, desc=desc or "items", disable=None):
-        item = dataset[i]
-        k = job.num_samples
-        images = generate(
-            cm,
-            item["hint"][None].expand(k, -1, -1, -1),
-            [item["txt"]] * k,
-            seeds=[sample_seed(job.seed, i, n) for n in range(k)],
-            steps=job.steps,
-            guidance=job.guidance,
-            eta=job.eta,
-            progress=False,
-        )
-        source, hint, *results = output_paths(job.out_dir, i, k)
-        for path, image in zip(results, images, strict=True):
-            write_png(path, image)
-        write_png(hint, item["hint"])
-        # the target last: evaluators index items by it, so it marks a complete item
-        write_png(source, (item["jpg"] + 1) / 2)
-        excluded_path(job.out_dir, i).unlink(missing_ok=True)  # readable now: no longer excluded
+    try:
+        for i in tqdm(todo, desc=desc or "items", disable=None):
+            sample_item(job, cm, dataset[i], i)
+    finally:
+        if given:
+            oft_layers.unmerge(cm.sd.unet)  # the caller's model comes back as it was given
     return len(todo)
+
+
+def sample_item(job: SamplingJob, cm: ControlModel, item: dict, index: int) -> None:
+    """Sample item ``index`` (``item``: its dataset entry) and write its outputs, the target last."""
+    k = job.num_samples
+    images = generate(
+        cm,
+        item["hint"][None].expand(k, -1, -1, -1),
+        [item["txt"]] * k,
+        seeds=[sample_seed(job.seed, index, n) for n in range(k)],
+        steps=job.sampling.steps,
+        guidance=job.sampling.guidance,
+        eta=job.sampling.eta,
+        progress=False,
+    )
+    source, hint, *results = output_paths(job.out_dir, index, k)
+    for path, image in zip(results, images, strict=True):
+        write_png(path, image)
+    write_png(hint, item["hint"])
+    # the target last: evaluators index items by it, so it marks a complete item
+    write_png(source, (item["jpg"] + 1) / 2)
+    excluded_path(job.out_dir, index).unlink(missing_ok=True)  # readable now: no longer excluded
 
 
 def _worker(
@@ -211,7 +208,7 @@ def run_parallel(
     """Spread the chunks of ``indices`` (``batch`` items each) round-robin over one process per device.
 
     Every unfinished item is read first (``check_items``): an unreadable one stops the run before any
-    sampling, or is recorded and left out with ``job.skip_unreadable``. CPU workers get ``threads`` threads
+    sampling, or is recorded and left out with ``job.sampling.skip_unreadable``. CPU workers get ``threads`` threads
     each (default: the cores divided among them); outputs are byte-identical across runs at equal ``threads``.
     """
     readable = set(check_items(job, dataset, indices))

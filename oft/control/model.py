@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import oft_layers
-from oft.control.checkpoint import load_control, save_control
-from oft.control.inference import derived_seed
+from oft.common.seeds import step_generator
+from oft.control.checkpoint import ControlModel, load_control, save_control
 from oft.sd import add_to_conv_in
 
 STAGES = ("oft", "magnitude")
@@ -24,18 +24,13 @@ STAGES = ("oft", "magnitude")
 LOADED_FROM = "oft_loaded_from"
 
 
-def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """The generator of one training step's noise, timesteps and latent sample: a function of (seed, step, rank)
-    only, so a resumed run draws exactly what an uninterrupted one would."""
-    return torch.Generator(device=device).manual_seed(derived_seed(seed, step, rank))
-
-
 class ControlOFT(L.LightningModule):
-    """Lightning module of oft-control. ``model_path``: a control-model file (initial or trained)."""
+    """Lightning module of oft-control. ``model``: a control-model file (initial or trained), or a loaded
+    ``ControlModel`` (trained in place)."""
 
     def __init__(
         self,
-        model_path: str,
+        model: str | os.PathLike | ControlModel,
         base: str | None = None,
         *,
         stage: str = "oft",
@@ -48,8 +43,8 @@ class ControlOFT(L.LightningModule):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        self.save_hyperparameters()
-        self.cm = load_control(model_path, base)
+        self.save_hyperparameters(ignore=["model"])  # a path or a whole model: neither belongs in checkpoints
+        self.cm = model if isinstance(model, ControlModel) else load_control(model, base)
         sd = self.cm.sd
         total = sd.noise_scheduler.config.num_train_timesteps
         self.timestep_range = tuple(timestep_range) if timestep_range else (0, total)
@@ -87,7 +82,7 @@ class ControlOFT(L.LightningModule):
         return F.mse_loss(pred.float(), noise.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        gen = step_generator(self.hparams.seed, self.global_step, self.global_rank, self.device)
+        gen = step_generator(self.hparams.seed, self.global_step, self.global_rank, device=self.device)
         loss = self.loss(batch, gen)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["txt"]))
         return loss

@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +28,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.utils import make_grid
 
+from oft.common.files import atomic_torch_save, temporaries
+from oft.common.images import write_png
+from oft.common.safe_load import load_error_line
+from oft.control.config import Training
 from oft.control.data import collate
-from oft.control.images import write_png
 from oft.control.inference import generate
 from oft.control.model import LOADED_FROM, ControlOFT
-from oft.data.files import atomic_torch_save, temporaries
-from oft.safe_load import load_error_line
 
 LAST = "last.ckpt"
 START_OVER = "start over with --resume none"
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``fit`` needs besides the module and data (the scripts' flags, validated)."""
-
-    out_dir: Path
-    epochs: int
-    batch_size: int
-    max_steps: int = -1
-    precision: str = "32"
-    accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    num_workers: int = 4
-    seed: int = 0
-    log_every: int = 50
-    save_every: int = 500
-    sample_every: int = 0
-    sample_steps: int = 20
-    resume: str = "auto"
 
 
 class ControlDataModule(L.LightningDataModule):
@@ -150,7 +128,7 @@ def _warn(message: str) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint files through ``oft.data.files.atomic_write``, with the previous one kept.
+    """Lightning's checkpoint files through ``oft.common.files.atomic_write``, with the previous one kept.
 
     Saving ``<dir>/last.ckpt``: (1) serialise into the hidden temporary ``<dir>/.last.ckpt.<random>.tmp`` and
     fsync it (Lightning's own save writes to ``$TMPDIR`` and moves the file: across file systems a copy, which
@@ -250,10 +228,18 @@ class SampleGrid(Callback):
 
 
 def fit(
-    module: ControlOFT, dataset: Dataset, cfg: TrainConfig, sample_dataset: Dataset | None = None
+    module: ControlOFT,
+    dataset: Dataset,
+    cfg: Training,
+    out_dir: Path,
+    seed: int = 0,
+    sample_dataset: Dataset | None = None,
 ) -> L.Trainer:
-    """Train ``module`` on ``dataset`` (shuffled) as ``cfg`` says, resuming from ``cfg.resume``."""
-    ckpt_dir = cfg.out_dir / "checkpoints"
+    """Train ``module`` on ``dataset`` (shuffled by ``seed``) as ``cfg`` says (its epochs and batch size given:
+    ``Training.for_task``), in the run folder ``out_dir``, resuming from ``cfg.resume``."""
+    if cfg.epochs is None or cfg.batch_size is None:
+        raise ValueError("fit needs the epochs and batch size: pass Training.for_task(experiment)")
+    ckpt_dir = out_dir / "checkpoints"
     candidates = resume_candidates(cfg.resume, ckpt_dir)
     if cfg.resume == "auto" and candidates and candidates[0].name != LAST:
         _warn(f"{ckpt_dir / LAST} is missing (a kill interrupted a save); resuming from {candidates[0].name}")
@@ -270,9 +256,9 @@ def fit(
         ),
     ]
     if cfg.sample_every and sample_dataset is not None:
-        callbacks.append(SampleGrid(sample_dataset, cfg.out_dir, cfg.sample_every, cfg.sample_steps))
+        callbacks.append(SampleGrid(sample_dataset, out_dir, cfg.sample_every, cfg.sample_steps))
     # logs/{tensorboard,csv}/version_N, one N per (re)start: a resumed run adds a folder, overwrites nothing
-    tensorboard = TensorBoardLogger(cfg.out_dir / "logs", name="tensorboard")
+    tensorboard = TensorBoardLogger(out_dir / "logs", name="tensorboard")
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -283,13 +269,13 @@ def fit(
         max_steps=cfg.max_steps,
         log_every_n_steps=cfg.log_every,
         callbacks=callbacks,
-        logger=[tensorboard, CSVLogger(cfg.out_dir / "logs", name="csv", version=tensorboard.version)],
+        logger=[tensorboard, CSVLogger(out_dir / "logs", name="csv", version=tensorboard.version)],
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler
         enable_model_summary=False,
-        default_root_dir=cfg.out_dir,
+        default_root_dir=out_dir,
         plugins=[checkpoint_io],
     )
-    data = ControlDataModule(dataset, cfg.batch_size, cfg.num_workers, cfg.seed)
+    data = ControlDataModule(dataset, cfg.batch_size, cfg.num_workers, seed)
     with warnings.catch_warnings():
         # the frozen SD stays in eval mode on purpose (no dropout in frozen parts); Lightning warns about it
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

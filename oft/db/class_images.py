@@ -11,26 +11,20 @@ hidden names are never read as images.
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from PIL import Image
 from tqdm.auto import tqdm
 
-from oft.data.files import atomic_write_bytes, temporaries
-from oft.db.data import list_images
-
-if TYPE_CHECKING:
-    from oft.sd.models import SDModels
+from oft.common.files import atomic_write_bytes, temporaries
+from oft.common.images import list_images, write_png
+from oft.sd.models import SDModels
+from oft.sd.sampling import sample
+from oft.specs.sampling import DREAMBOOTH_CLASS, SamplerPreset
 
 METADATA = "class_images.json"
-# The reference generated class images with diffusers' default pipeline (50 steps, CFG 7.5); DDIM 50 is our
-# closest sampler (PNDM is not one of the project's samplers).
-CLASS_SAMPLING = {"sampler": "ddim", "steps": 50, "guidance": 7.5}
 
 
 @contextmanager
@@ -45,14 +39,6 @@ def folder_lock(folder: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def save_png(image, path: Path) -> None:
-    """Write a (3, H, W) tensor in [0, 1] as PNG atomically."""
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def ensure_class_images(
     models: SDModels,
     folder: str | os.PathLike,
@@ -62,37 +48,18 @@ def ensure_class_images(
     size: int,
     seed: int = 0,
     batch_size: int = 4,
-    sampling: dict | None = None,
+    sampling: SamplerPreset = DREAMBOOTH_CLASS,
     progress: bool = True,
 ) -> int:
     """Make sure ``folder`` holds at least ``num_images`` images of ``prompt``; generate the missing ones with
-    the base model (``models`` must not carry a trained adapter yet). Returns how many were generated (0 when
-    the cache was complete). A folder made for another prompt is refused."""
-    from oft.sd.sampling import sample
-
+    the base model (``models`` must not carry a trained adapter yet) and ``sampling`` (default: the reference's
+    class-image sampler, ``DREAMBOOTH_CLASS``). Returns how many were generated (0 when the cache was complete).
+    A folder made for another prompt is refused."""
     folder = Path(folder)
-    sampling = {**CLASS_SAMPLING, **(sampling or {})}
-    meta = {"prompt": prompt, "size": size, "seed": seed, **sampling}
+    meta = {"prompt": prompt, "size": size, "seed": seed, **sampling.kwargs()}
     with folder_lock(folder):
-        meta_path = folder / METADATA
-        if meta_path.is_file():
-            old = json.loads(meta_path.read_text())
-            if old.get("prompt") != prompt:
-                raise ValueError(
-                    f"{folder} holds class images of {old.get('prompt')!r}, not {prompt!r}: "
-                    "use another --class_data_dir"
-                )
-        else:
-            atomic_write_bytes(
-                meta_path, json.dumps({**meta, "base_model": models.identity}, indent=1).encode()
-            )
-        for k in range(num_images):  # we hold the lock: these are a killed writer's, never data (list_images)
-            for stale in temporaries(folder / f"{k:04d}.png"):
-                stale.unlink(missing_ok=True)
-        have = {p.stem for p in list_images(folder)}
-        missing = [k for k in range(num_images) if f"{k:04d}" not in have]
-        needed = max(0, num_images - len(have))
-        missing = missing[:needed]
+        claim_folder(folder, {**meta, "base_model": models.identity})
+        missing = missing_images(folder, num_images)
         bar = tqdm(total=len(missing), desc=f"class images '{prompt}'", disable=not progress or not missing)
         # Batches are always the fixed chunks [0, b), [b, 2b), ... of the full set, whole, even when some of a
         # chunk's images exist: another batch composition could round differently (other GEMM shapes), and a
@@ -109,11 +76,37 @@ def ensure_class_images(
                 height=size,
                 width=size,
                 progress=False,
-                **sampling,
+                **sampling.kwargs(),
             )
             for k, image in zip(chunk, images, strict=True):
                 if k in todo:
-                    save_png(image, folder / f"{k:04d}.png")
+                    write_png(folder / f"{k:04d}.png", image)
             bar.update(len(todo))
         bar.close()
     return len(missing)
+
+
+def claim_folder(folder: Path, meta: dict) -> None:
+    """Write ``class_images.json`` (``meta``) in a new cache folder; refuse one made for another prompt."""
+    meta_path = folder / METADATA
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("prompt") != meta["prompt"]:
+            raise ValueError(
+                f"{folder} holds class images of {old.get('prompt')!r}, not {meta['prompt']!r}: "
+                "use another --class_data_dir"
+            )
+    else:
+        atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+
+
+def missing_images(folder: Path, num_images: int) -> list[int]:
+    """The indices k of ``{k:04d}.png`` to generate so that ``folder`` holds ``num_images`` images (the lowest
+    absent ones; none when enough images are there). Call with the folder lock held: it deletes the
+    temporaries a killed writer left (hidden names, never data)."""
+    for k in range(num_images):
+        for stale in temporaries(folder / f"{k:04d}.png"):
+            stale.unlink(missing_ok=True)
+    have = {p.stem for p in list_images(folder)}
+    missing = [k for k in range(num_images) if f"{k:04d}" not in have]
+    return missing[: max(0, num_images - len(have))]

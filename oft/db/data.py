@@ -1,8 +1,8 @@
 """DreamBooth training data: instance (and class) images, resized then randomly cropped, in a step-indexed order.
 
 Every random choice of training step ``s`` (which images, where to crop) comes from a generator seeded with
-``(seed, s)``, so a run resumed at step ``s`` sees exactly the data an uninterrupted run would have seen, with no
-RNG state to save.
+``(seed, s, stream)`` (``oft.common.seeds``), so a run resumed at step ``s`` sees exactly the data an
+uninterrupted run would have seen, with no RNG state to save.
 """
 
 from __future__ import annotations
@@ -15,25 +15,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from oft.db.benchmark import SETUP_HINT
+from oft.common.images import list_images
+from oft.common.seeds import step_generator
+from oft.specs.benchmark import SETUP_HINT
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-def is_image_name(name: str) -> bool:
-    """A complete image file name: not hidden, and ending in an image suffix.
-
-    Hidden names are never data: atomic writes put their temporaries there (``.0001.png.<random>.tmp...``, left
-    behind, possibly truncated, by a kill), as do macOS (``._IMG_1.jpg``) and editors."""
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The images in ``folder`` (``is_image_name``), sorted by file name (the documented, reproducible order)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
+# the random streams of one step, each its own generator (seed, step, stream): the same step always draws the
+# same values in each, whatever the other streams drew
+ORDER_STREAM = 1  # the shuffled item order of an epoch (keyed by the epoch)
+CROP_STREAM = 2  # the crops of a step's batch
+NOISE_STREAM = 3  # a micro-step's latents, noise and timesteps (the trainer's)
 
 
 def check_decodes(paths: list[Path], what: str = "image") -> None:
@@ -56,14 +46,9 @@ def instance_images(folder: str | os.PathLike) -> list[Path]:
     return images
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator determined by (seed, step, stream) alone: the randomness of one training step."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 7 + stream) % (2**63))
-
-
 def epoch_order(length: int, seed: int, epoch: int) -> list[int]:
     """The shuffled item order of one epoch (a function of seed and epoch)."""
-    return torch.randperm(length, generator=step_generator(seed, epoch, stream=1)).tolist()
+    return torch.randperm(length, generator=step_generator(seed, epoch, ORDER_STREAM)).tolist()
 
 
 def load_crop(path: Path, size: int, generator: torch.Generator, center_crop: bool) -> torch.Tensor:
@@ -117,7 +102,7 @@ class DreamBoothSteps(Dataset):
         return 2**62
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        g = step_generator(self.seed, step, stream=2)
+        g = step_generator(self.seed, step, CROP_STREAM)
         items = self.items_of_step(step)
         paths = [self.instance_paths[k % len(self.instance_paths)] for k in items]
         if self.class_paths:

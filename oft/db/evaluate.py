@@ -20,12 +20,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from oft.data.files import atomic_write_bytes
-from oft.db.benchmark import BUILTIN, PROMPTS_PER_SUBJECT, SETUP_HINT, PromptTable, get_run
-from oft.db.data import list_images
+from oft.common.files import atomic_write_bytes
+from oft.common.images import list_images
+from oft.db.layout import VALIDATION_DIR
 from oft.db.runs import run_dir
-from oft.db.train import VALIDATION_DIR
 from oft.metrics.subject import SubjectMetrics
+from oft.specs.benchmark import BUILTIN, PROMPTS_PER_SUBJECT, SETUP_HINT, PromptTable, get_run
 
 METRICS = ("dino", "clip_i", "clip_t", "lpips", "lpips_real_vs_generated")
 PAPER_TABLE1 = {  # SPEC §5: DINO / CLIP-I / CLIP-T / LPIPS (diversity)

@@ -16,6 +16,10 @@ from pathlib import Path
 import torch
 
 import oft_layers
+from oft.sd import load_sd
+from oft.sd.loading import save_single_file
+from oft.sd.sampling import make_scheduler
+from oft.specs.sampling import DREAMBOOTH_VALIDATION
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +37,6 @@ def load_with_adapter(
     """The base SD model with the adapter loaded; ``merge=True`` folds every rotation into its weight and removes
     the OFT wrappers (a plain model: sampling costs exactly the base model's). Returns ``(SDModels, metadata)``.
     """
-    from oft.sd import load_sd
-
     models = load_sd(base).freeze()  # float32 on the CPU: the rotation is folded in full precision
     meta = oft_layers.load_adapter(models.unet, adapter)
     trained_on = meta.get("base_model")
@@ -50,18 +52,16 @@ def load_with_adapter(
 
 
 def to_pipeline(models):
-    """A diffusers ``StableDiffusionPipeline`` around ``models`` (no hub access), with the DPM-Solver++ sampler
-    the reference validated with; safety checker off, as in research use."""
-    from diffusers import StableDiffusionPipeline
-
-    from oft.sd.sampling import make_scheduler
+    """A diffusers ``StableDiffusionPipeline`` around ``models`` (no hub access), with the sampler the reference
+    validated with (``DREAMBOOTH_VALIDATION``: DPM-Solver++); safety checker off, as in research use."""
+    from diffusers import StableDiffusionPipeline  # diffusers' pipelines load only for an export
 
     return StableDiffusionPipeline(
         vae=models.vae,
         text_encoder=models.text_encoder,
         tokenizer=models.tokenizer,
         unet=models.unet,
-        scheduler=make_scheduler("dpm", models.noise_scheduler.config),
+        scheduler=make_scheduler(DREAMBOOTH_VALIDATION.sampler, models.noise_scheduler.config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -73,8 +73,6 @@ def export_merged(
 ) -> Path:
     """Write base + adapter as one standalone model: ``"diffusers"`` (a folder ``save_pretrained`` writes) or
     ``"single-file"`` (original LDM keys; ``.safetensors`` or ``.ckpt`` by the output's suffix). Atomic."""
-    from oft.sd.convert import save_single_file
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: choose one of {FORMATS}")
     output = Path(output)

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from oft.db.benchmark import BUILTIN, PromptTable, Run, get_run
-from oft.db.train import ADAPTER_NAME
+from oft.db.layout import ADAPTER_NAME
+from oft.specs.benchmark import BUILTIN, PromptTable, Run, get_run
 
 DEFAULT_OUTPUT_ROOT = "outputs/dreambooth"
 
@@ -33,7 +33,7 @@ def run_settings(
     output_root: str | os.PathLike = DEFAULT_OUTPUT_ROOT,
     class_root: str | os.PathLike | None = None,
 ) -> tuple[Run, dict[str, str]]:
-    """Run ``index`` and the ``TrainConfig`` values SPEC §4 fixes for it (folders and prompts)."""
+    """Run ``index`` and the ``DreamBoothConfig`` values SPEC §4 fixes for it (folders and prompts)."""
     run = get_run(index, table)
     data_root = Path(data_root)
     class_root = Path(class_root) if class_root else data_root / "class_data"
@@ -75,7 +75,7 @@ def visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip()]
-    import torch
+    import torch  # only here: planning and running the queue need no torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
 
@@ -147,6 +147,6 @@ def run_queue(jobs: Sequence[Job], slots: Sequence[str], *, poll: float = 1.0, l
     return codes
 
 
-def train_argv(index: int, script: str | os.PathLike, extra: Sequence[str] = ()) -> list[str]:
-    """The command that trains benchmark run ``index`` (resuming when a checkpoint exists)."""
-    return [sys.executable, str(script), "--run", str(index), "--resume_from_checkpoint", "latest", *extra]
+def train_argv(index: int, module: str, extra: Sequence[str] = ()) -> list[str]:
+    """The command that trains benchmark run ``index`` (resuming when a checkpoint exists): ``python -m module``."""
+    return [sys.executable, "-m", module, "--run", str(index), "--resume_from_checkpoint", "latest", *extra]

@@ -13,7 +13,7 @@ ones. This module gives it what the demo needs, in SD's own order:
    its seeded random features do differ per colour word, but only slightly (distance about 1.5 between tokens of
    norm 5.7), and a frozen random encoder left the base choosing the wrong background colour most of the time.
 
-Every image is ``oft.data.synthetic.make_item(index, seed, size)``; pretraining draws from its own seed stream
+Every image is ``oft.specs.synthetic.make_item(index, seed, size)``; pretraining draws from its own seed stream
 (``PRETRAIN_SEED``), disjoint from the control task's train/val streams.
 """
 
@@ -31,11 +31,12 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from oft.data import synthetic
-from oft.data.files import atomic_write, atomic_write_bytes, atomic_write_json
+from oft.common.files import atomic_write, atomic_write_bytes, atomic_write_json
 from oft.metrics.prompt import unmasked_adherence
 from oft.sd import SDModels, build_sd, load_sd, sample
-from oft.sd.convert import save_single_file
+from oft.sd.loading import save_single_file
+from oft.specs import synthetic
+from oft.specs.sampling import DEMO
 
 PRETRAIN_SEED = 1000  # synthetic seed stream of pretraining (the control task uses 2*seed and 2*seed + 1)
 INITIAL_LOGVAR = -10.0  # posterior log-variance the VAE starts from (see ``train_vae``)
@@ -44,7 +45,7 @@ VAL_SEED = 1  # the control task's validation stream (``SyntheticDataset("val", 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Pretraining settings; the defaults made the committed ``models/tiny-base`` weights."""
+    """Pretraining settings; the defaults made the committed ``oft/demo/tiny_base`` weights."""
 
     seed: int = 0
     size: int = 64
@@ -187,7 +188,12 @@ def reconstruction_mse(vae: AutoencoderKL, images: torch.Tensor) -> float:
 
 @torch.no_grad()
 def generate_for_items(
-    sd: SDModels, indices: list[int], seed: int, size: int, steps: int = 20, guidance: float = 5.0
+    sd: SDModels,
+    indices: list[int],
+    seed: int,
+    size: int,
+    steps: int = DEMO.steps,
+    guidance: float = DEMO.guidance,
 ) -> tuple[list[np.ndarray], list[dict[str, str]]]:
     """Sample one image (H, W, 3) uint8 per synthetic item's caption (uncontrolled), with the items' truths."""
     truths, images = [], []

@@ -1,13 +1,15 @@
 """The demo pipeline (``make demo``): OFT, COFT and a rank-matched LoRA teach the pretrained tiny base to follow
-canny edges on the synthetic task; every stage is the real one (tool, train.py, test_oft_parallel.py, eval_canny).
+canny edges on the synthetic task; every stage is the library call behind the real command (tool_add_control_oft,
+train.py, test_oft_parallel.py, eval_canny.py), given config objects.
 
 Stages, each reused on re-run (its output file is its done-marker; trainings resume from ``last.ckpt``):
 
-1. build: ``tool_add_control_oft.py`` on the base: the initial OFT (r) and COFT (r, eps) control files;
-2. train: ``train.py`` for OFT and COFT; ``LoRAControl`` + the same ``fit`` for LoRA (same data, lr, steps);
-3. sample: ``test_oft_parallel.py`` on the validation items for the uncontrolled base (the initial control file:
-   R = 0 and a zero hint encoder are exactly the base), LoRA, OFT and COFT;
-4. evaluate: ``eval_canny.py`` per method and the prompt adherence (``oft.metrics.prompt``) against the
+1. build: ``build_initial`` on the base: the initial OFT (r) and COFT (r, eps) control files;
+2. train: ``oft.control.jobs.train`` for OFT and COFT; ``LoRAControl`` through the same ``train_module`` for
+   LoRA (same data, lr, steps, timesteps);
+3. sample: ``oft.control.jobs.sample`` on the validation items for the uncontrolled base (the initial control
+   file: R = 0 and a zero hint encoder are exactly the base), LoRA (merged, as a model object), OFT and COFT;
+4. evaluate: ``canny_report`` per method and the prompt adherence (``oft.metrics.prompt``) against the
    synthetic ground truth; then the table, the image grid and the loss plot under the output folder.
 """
 
@@ -19,25 +21,30 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from oft.control.checkpoint import FINAL_MODEL, read_control
-from oft.control.data import build_dataset
-from oft.control.images import read_png, write_png
-from oft.control.training import TrainConfig, fit
-from oft.data import synthetic
-from oft.data.files import atomic_write_bytes, atomic_write_json
-from oft.demo.lora import LoRAControl, matched_rank
-from oft.entry_points import REPO, load_script
-from oft.metrics.folder import format_table
+from oft.common.files import atomic_write_bytes, atomic_write_json
+from oft.common.images import read_rgb, write_png
+from oft.common.options import option
+from oft.control import jobs
+from oft.control.checkpoint import FINAL_MODEL, build_initial, read_control
+from oft.control.config import Experiment, Sampling, Training
+from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
+from oft.metrics.canny import canny_report
+from oft.metrics.folder import format_table, write_json
 from oft.metrics.prompt import masked_adherence
 from oft.sd import load_sd
+from oft.specs import synthetic
+from oft.specs.layout import hint_path, result_path, source_path
+from oft.specs.sampling import DEMO
 
-DEFAULT_BASE = REPO / "models" / "tiny-base" / "tiny-base.safetensors"
+DEFAULT_BASE = Path(__file__).with_name("tiny_base") / "tiny-base.safetensors"  # shipped with the package
+LORA_MODEL = "lora_final.safetensors"  # the LoRA run's trained adapter + hint encoder
 METHODS = ("base", "lora", "oft", "coft")
 LABELS = {"base": "base (no control)", "lora": "LoRA", "oft": "OFT", "coft": "COFT"}
 PLOT_COLOURS = {"lora": (220, 40, 40), "oft": (30, 90, 220), "coft": (40, 160, 40)}  # RGB
@@ -47,25 +54,38 @@ PLOT_COLOURS = {"lora": (220, 40, 40), "oft": (30, 90, 220), "coft": (40, 160, 4
 class DemoConfig:
     """Everything the demo runs with; the defaults take about 10 minutes on an idle 2-core CPU."""
 
-    out_dir: Path = Path("outputs/demo")
-    base: Path = DEFAULT_BASE
-    steps: int = 600
-    batch_size: int = 8
-    lr: float = 3e-3
+    out_dir: Path = option(Path("outputs/demo"), "output folder")
+    base: Path = option(
+        DEFAULT_BASE, "pretrained base (single-file SD checkpoint) [default: the shipped tiny base]"
+    )
+    steps: int = option(600, "optimizer steps per method (same for LoRA, OFT, COFT)")
+    batch_size: int = option(8, "training batch size")
+    lr: float = option(3e-3, "AdamW learning rate, all methods")
     # Training timesteps drawn from [400, 900) instead of all 1000: with all of them the zero-initialised hint
     # encoder barely moves in a CPU budget (its features stay at std 0.02 after 1,000 steps), since at low t
     # the noisy latents already show the layout and at high t the ε-loss hardly depends on it.
-    timestep_range: tuple[int, int] = (400, 900)
-    r: int = 4
-    eps: float = 1e-3
-    resolution: int = 64
-    train_items: int = 512
-    val_items: int = 32
-    sample_steps: int = 20
-    guidance: float = 5.0
-    devices: int = 1
-    threads: int | None = None
-    seed: int = 0
+    timestep_range: tuple[int, int] = option(
+        (400, 900),
+        "training timesteps LO HI: drawn from [LO, HI) (train.py --timestep_range)",
+        metavar=("LO", "HI"),
+    )
+    r: int = option(4, "OFT blocks per layer")
+    eps: float = option(1e-3, "COFT eps")
+    resolution: int = option(64, "image size in pixels (multiple of 8)")
+    train_items: int = option(512, "synthetic training items")
+    val_items: int = option(32, "validation items sampled and evaluated")
+    sample_steps: int = option(DEMO.steps, "DDIM steps")
+    guidance: float = option(DEMO.guidance, "classifier-free guidance scale")
+    devices: int = option(1, "training devices (Lightning) and sampling workers")
+    threads: int | None = option(None, "torch threads per process")
+    seed: int = option(0, "seed of data, training and sampling")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_items", "train_items", "sample_steps", "devices"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.resolution % 8:
+            raise ValueError(f"--resolution must be a multiple of 8, got {self.resolution}")
 
 
 def cpu_seconds() -> float:
@@ -80,11 +100,9 @@ class Demo:
     def __init__(self, cfg: DemoConfig) -> None:
         if not Path(cfg.base).is_file():
             raise FileNotFoundError(
-                f"demo base checkpoint not found: {cfg.base}; restore it with `git checkout -- models/tiny-base` "
+                f"demo base checkpoint not found: {cfg.base}; restore it with `git checkout -- oft/demo/tiny_base` "
                 "or rebuild it with `python scripts/pretrain_tiny_base.py`"
             )
-        if cfg.steps < 1 or cfg.val_items < 1 or cfg.resolution % 8:
-            raise ValueError("--steps and --val_items must be positive and --resolution a multiple of 8")
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.timings_file = self.out / "timings.json"
@@ -110,73 +128,64 @@ class Demo:
     def run_dir(self, method: str) -> Path:
         return self.out / "runs" / method
 
+    def final_file(self, method: str) -> Path:
+        """The trained model of ``method``: a control file (OFT, COFT) or the LoRA file."""
+        return self.run_dir(method) / (LORA_MODEL if method == "lora" else FINAL_MODEL)
+
     def samples_dir(self, method: str) -> Path:
         return self.out / "samples" / method
 
-    def adapter_flags(self, method: str) -> list[str]:
-        flags = ["--r", str(self.cfg.r)]
-        return flags + (["--coft", "--eps", str(self.cfg.eps)] if method == "coft" else [])
-
-    def data_flags(self) -> list[str]:
+    def experiment(self, method: str, split: str) -> Experiment:
+        """The run of ``method`` on the synthetic task (``split``: how many items the data has)."""
         c = self.cfg
-        return ["--control", "synthetic", "--resolution", str(c.resolution), "--seed", str(c.seed)]
+        return Experiment(
+            r=c.r,
+            eps=c.eps,
+            coft=method == "coft",
+            resolution=c.resolution,
+            seed=c.seed,
+            control="synthetic",
+            synthetic_length=c.train_items if split == "train" else c.val_items,
+            base=None if split == "train" else str(c.base),
+            output_dir=str(self.run_dir(method)),
+        )
 
-    # ------------------------------------------------------------------------------------------------ stages
-    def build(self) -> None:
-        tool = load_script("tool_add_control_oft")
-        for method in ("oft", "coft"):
-            path = self.init_file(method)
-            argv = ["--input_path", str(self.cfg.base), "--output_path", str(path), "--adapter-only"]
-            self.stage(
-                f"build {method}",
-                path,
-                lambda argv=argv, m=method: tool.main(tool.parse_args(argv + self.adapter_flags(m))),
-            )
-
-    def train_config(self, method: str) -> TrainConfig:
+    def training(self) -> Training:
+        """The same optimisation for every method: the step budget ends training."""
         c = self.cfg
-        return TrainConfig(
-            out_dir=self.run_dir(method),
-            epochs=10_000,  # the step budget ends training
+        return Training(
+            lr=c.lr,
             batch_size=c.batch_size,
+            epochs=10_000,
             max_steps=c.steps,
-            accelerator="auto",
             devices=str(c.devices),
             num_workers=0,
-            seed=c.seed,
             log_every=max(1, c.steps // 100),
             save_every=max(1, c.steps // 3),
             sample_every=0,
+            timestep_range=c.timestep_range,
         )
 
+    # ------------------------------------------------------------------------------------------------ stages
+    def build(self) -> None:
+        c = self.cfg
+        for method in ("oft", "coft"):
+            path, coft = self.init_file(method), method == "coft"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.stage(
+                f"build {method}",
+                path,
+                lambda p=path, coft=coft: build_initial(
+                    c.base, p, r=c.r, eps=c.eps if coft else None, coft=coft, adapter_only=True
+                ),
+            )
+
     def train(self, method: str) -> None:
-        c, out = self.cfg, self.run_dir(method)
         if method == "lora":
-            self.stage("train lora", out / FINAL_MODEL, self._train_lora)
+            self.stage("train lora", self.final_file("lora"), self._train_lora)
             return
-        script = load_script("train")
-        cfg = self.train_config(method)
-        argv = ["--model", str(self.init_file(method)), "--output_dir", str(out), *self.data_flags()]
-        argv += [
-            "--synthetic_length",
-            str(c.train_items),
-            "--batch_size",
-            str(c.batch_size),
-            "--lr",
-            str(c.lr),
-        ]
-        argv += ["--max_steps", str(c.steps), "--epochs", str(cfg.epochs), "--num_workers", "0"]
-        argv += [
-            "--devices",
-            str(c.devices),
-            "--log_every",
-            str(cfg.log_every),
-            "--save_every",
-            str(cfg.save_every),
-        ]
-        argv += ["--timestep_range", *map(str, c.timestep_range)]
-        argv += ["--sample_every", "0", *self.adapter_flags(method)]
-        self.stage(f"train {method}", out / FINAL_MODEL, lambda: script.main(script.parse_args(argv)))
+        work = partial(jobs.train, self.experiment(method, "train"), self.training(), self.init_file(method))
+        self.stage(f"train {method}", self.final_file(method), work)
 
     def oft_parameters(self) -> int:
         """OFT's trainable rotation parameters (skew degrees of freedom) on the base, from the initial file."""
@@ -192,50 +201,40 @@ class Demo:
         module = LoRAControl(
             str(self.init_file("oft")), rank=rank, lr=c.lr, seed=c.seed, timestep_range=c.timestep_range
         )
-        data = build_dataset(
-            "synthetic", "train", resolution=c.resolution, synthetic_length=c.train_items, seed=c.seed
-        )
-        trainer = fit(module, data, self.train_config("lora"))
+        run = self.experiment("lora", "train")
+        trainer = jobs.train_module(module, run, self.training(), self.run_dir("lora"))
         if trainer.is_global_zero:
-            out = self.run_dir("lora")
-            atomic_write_json(
-                out / "lora.json", {"rank": rank, "lora_parameters": module.adapter_parameters()}
-            )
-            module.export_merged(out / "lora_merged_base.safetensors", out / FINAL_MODEL)
+            module.save(self.final_file("lora"))
 
     def sample(self, method: str) -> None:
         c = self.cfg
-        script = load_script("test_oft_parallel")
         if method == "base":
-            model, base, flags = self.init_file("oft"), c.base, self.adapter_flags("oft")
+            model = self.init_file("oft")
         elif method == "lora":
-            run = self.run_dir("lora")
-            model, base, flags = (
-                run / FINAL_MODEL,
-                run / "lora_merged_base.safetensors",
-                self.adapter_flags("oft"),
-            )
+            model = None  # loaded only when there is sampling to do
         else:
-            model, base, flags = self.run_dir(method) / FINAL_MODEL, c.base, self.adapter_flags(method)
+            model = self.final_file(method)
+        sampling = Sampling(steps=c.sample_steps, guidance=c.guidance, num_samples=1, batch=c.val_items,
+                            full=False, workers=c.devices, threads=c.threads)  # fmt: skip
+        exp = self.experiment("oft" if method in ("base", "lora") else method, "val")
         out = self.samples_dir(method)
-        argv = ["--model", str(model), "--base", str(base), "--out_dir", str(out), *self.data_flags(), *flags]
-        argv += ["--synthetic_length", str(c.val_items), "--no-full", "--num_samples", "1"]
-        argv += ["--steps", str(c.sample_steps), "--guidance", str(c.guidance), "--batch", str(c.val_items)]
-        argv += ["--workers", str(c.devices)] + (["--threads", str(c.threads)] if c.threads else [])
-        done = out / "results" / f"result_{c.val_items - 1}_0.png"
-        self.stage(f"sample {method}", done, lambda: script.main(script.parse_args(argv)))
+
+        def work() -> None:
+            given = load_lora_control(self.final_file("lora"), str(c.base)) if model is None else model
+            jobs.sample(exp, sampling, given, out_dir=out)
+
+        self.stage(f"sample {method}", result_path(out, c.val_items - 1, 0), work)
 
     def evaluate(self, method: str) -> dict:
         folder = self.samples_dir(method)
-        script = load_script("eval_canny")
         report = folder / "eval_canny.json"
-        self.stage(f"eval {method}", report, lambda: script.main(script.parse_args([str(folder)])))
+        self.stage(f"eval {method}", report, lambda: write_json(report, canny_report(folder)[0]))
         canny = json.loads(report.read_text())
         images, masks, truths = [], [], []
         seed = 2 * self.cfg.seed + 1  # SyntheticDataset's validation stream
         for i in range(self.cfg.val_items):
             _, _, controls, truth = synthetic.make_item(i, seed, self.cfg.resolution)
-            images.append(read_png(folder / "results" / f"result_{i}_0.png"))
+            images.append(read_rgb(result_path(folder, i, 0)))
             masks.append(controls["segm"].any(axis=2))
             truths.append(truth)
         prompt = masked_adherence(images, masks, truths)
@@ -247,7 +246,8 @@ class Demo:
         """Trainable parameters per method: adapter and hint encoder (the base trains nothing)."""
         tensors, _, _ = read_control(self.init_file("oft"))
         hint = sum(t.numel() for k, t in tensors.items() if k.startswith("hint."))
-        lora = json.loads((self.run_dir("lora") / "lora.json").read_text())
+        _, lora_meta = read_lora(self.final_file("lora"))
+        lora = {"lora_parameters": int(lora_meta["lora_parameters"]), "rank": int(lora_meta["rank"])}
         oft_dof = self.oft_parameters()
         return {
             "base": {"adapter": 0, "hint": 0},
@@ -335,13 +335,10 @@ def image_grid(demo: Demo, indices) -> np.ndarray:
             1,
         )
     for r, i in enumerate(indices):
-        files = [
-            demo.samples_dir("base") / "hints" / f"hint_{i}.png",
-            demo.samples_dir("base") / "source" / f"image_{i}.png",
-        ]
-        files += [demo.samples_dir(m) / "results" / f"result_{i}_0.png" for m in METHODS]
+        files = [hint_path(demo.samples_dir("base"), i), source_path(demo.samples_dir("base"), i)]
+        files += [result_path(demo.samples_dir(m), i, 0) for m in METHODS]
         for c, f in enumerate(files):
-            img = cv2.resize(read_png(f), (cell, cell), interpolation=cv2.INTER_NEAREST)
+            img = cv2.resize(read_rgb(f), (cell, cell), interpolation=cv2.INTER_NEAREST)
             y, x = header + r * (cell + pad), c * (cell + pad)
             grid[y : y + cell, x : x + cell] = img
     return grid

@@ -8,13 +8,15 @@ grayscale image instead (a different, usually sparser edge map; not what produce
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from oft.metrics.folder import Pair, read_rgb
+from oft.common.images import read_rgb
+from oft.metrics.folder import Pair, SampleFolder, open_sample_folder
 
 CANNY_THRESHOLDS = (100, 200)  # the reference's thresholds, also used to make the COCO canny hints
 
@@ -69,3 +71,21 @@ def evaluate_canny(pairs: Sequence[Pair], gray: bool = False) -> dict:
             {"index": p.index, "sample": p.sample, "iou": i, "f1": f} for p, i, f in zip(pairs, ious, f1s)
         ],
     }
+
+
+def canny_report(
+    root: str | os.PathLike, sample: int | None = 0, gray: bool = False
+) -> tuple[dict, SampleFolder]:
+    """(report, folder) of a sampler output folder: ``evaluate_canny`` of sample ``sample`` of every item (None:
+    every sample), with what was scored and which items the sampler excluded; eval_canny.py writes the report."""
+    folder = open_sample_folder(root)
+    metrics = evaluate_canny(folder.pairs(sample), gray=gray)
+    report = {
+        "metric": "canny",
+        "folder": str(folder.root),
+        "samples": "all" if sample is None else sample,
+        "edges_from": "gray" if gray else "rgb",
+        "excluded": sorted(folder.excluded),
+        **metrics,
+    }
+    return report, folder

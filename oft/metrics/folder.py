@@ -18,21 +18,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from oft.control.tasks import get_task
-from oft.data.files import atomic_write_json
-
-_SOURCE = re.compile(r"image_(\d+)\.png")
-_RESULT = re.compile(r"result_(\d+)_(\d+)\.png")
-_EXCLUDED = re.compile(r"item_(\d+)\.json")
-EXCLUDED = "excluded"  # the sampler's folder of unreadable items (oft.control.inference.EXCLUDED)
+from oft.common.files import atomic_write_json
+from oft.specs.layout import (
+    EXCLUDED,
+    EXCLUDED_NAME,
+    LAYOUT_HELP,
+    RESULT_NAME,
+    RESULTS,
+    SOURCE,
+    SOURCE_NAME,
+    result_path,
+    source_path,
+)
+from oft.specs.tasks import get_task
 
 
 class MissingResultsError(FileNotFoundError):
@@ -59,10 +61,10 @@ class SampleFolder:
     excluded: dict[int, str] = field(default_factory=dict)
 
     def source(self, i: int) -> Path:
-        return self.root / "source" / f"image_{i}.png"
+        return source_path(self.root, i)
 
     def result(self, i: int, n: int) -> Path:
-        return self.root / "results" / f"result_{i}_{n}.png"
+        return result_path(self.root, i, n)
 
     def pairs(self, sample: int | None = 0) -> list[Pair]:
         """(item, sample) pairs to score: sample ``sample`` of every item, or with None every sample index
@@ -73,16 +75,16 @@ class SampleFolder:
         if sample is not None:
             samples = [sample]
         else:
-            items, found = set(self.indices), self.root.joinpath("results").glob("result_*_*.png")
-            matches = [m for p in found if (m := _RESULT.fullmatch(p.name)) and int(m.group(1)) in items]
+            items, found = set(self.indices), self.root.joinpath(RESULTS).glob("result_*_*.png")
+            matches = [m for p in found if (m := RESULT_NAME.fullmatch(p.name)) and int(m.group(1)) in items]
             samples = sorted({int(m.group(2)) for m in matches})
             if not samples:
-                raise MissingResultsError(f"{self.root / 'results'} holds no result_{{i}}_{{n}}.png files")
+                raise MissingResultsError(f"{self.root / RESULTS} holds no result_{{i}}_{{n}}.png files")
         missing = [
             self.result(i, n).name for i in self.indices for n in samples if not self.result(i, n).is_file()
         ]
         if missing:
-            items = len({int(_RESULT.fullmatch(name).group(1)) for name in missing})
+            items = len({int(RESULT_NAME.fullmatch(name).group(1)) for name in missing})
             what = f"sample {sample}" if sample is not None else f"some of samples {samples}"
             raise MissingResultsError(
                 f"{items} of {len(self.indices)} items in {self.root} lack generated {what}: {len(missing)} "
@@ -94,13 +96,12 @@ class SampleFolder:
 def open_sample_folder(root: str | os.PathLike) -> SampleFolder:
     """Index the items of a sampler output folder (those with ``source/image_{i}.png``)."""
     root = Path(root)
-    source = root / "source"
+    source = root / SOURCE
     if not source.is_dir():
         raise FileNotFoundError(
-            f"{root} is not a sampling output folder: {source} is missing "
-            "(expected source/image_{i}.png, hints/hint_{i}.png, results/result_{i}_{n}.png)"
+            f"{root} is not a sampling output folder: {source} is missing (expected {LAYOUT_HELP})"
         )
-    indices = sorted(int(m.group(1)) for p in source.iterdir() if (m := _SOURCE.fullmatch(p.name)))
+    indices = sorted(int(m.group(1)) for p in source.iterdir() if (m := SOURCE_NAME.fullmatch(p.name)))
     excluded = read_excluded(root)
     if not indices:
         more = f" ({len(excluded)} items excluded as unreadable, see {root / EXCLUDED})" if excluded else ""
@@ -121,7 +122,7 @@ def read_excluded(root: Path) -> dict[int, str]:
         return {}
     out = {}
     for path in sorted(folder.iterdir()):
-        if m := _EXCLUDED.fullmatch(path.name):
+        if m := EXCLUDED_NAME.fullmatch(path.name):
             try:
                 out[int(m.group(1))] = str(json.loads(path.read_text()).get("reason", ""))
             except (ValueError, AttributeError):
@@ -159,25 +160,6 @@ def item_names(task_name: str, data_root: Path, split: str = "val") -> list[str]
         return [entry["image"] for entry in json.loads(captions.read_text())]
     lines = [line for line in captions.read_text().splitlines() if line.strip()]
     return [Path(json.loads(line)["target"]).name for line in lines]
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array (grey and RGBA files are converted)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files (png, jpg, jpeg, bmp, webp) directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-    )
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no images")
-    return files
 
 
 def nan_to_none(value: object) -> object:

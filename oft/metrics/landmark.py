@@ -24,8 +24,9 @@ from urllib.parse import urlparse
 import numpy as np
 from tqdm import tqdm
 
-from oft.control.tasks import get_task
-from oft.metrics.folder import Pair, item_names, read_rgb
+from oft.common.images import read_rgb
+from oft.metrics.folder import Pair, item_names
+from oft.specs.tasks import get_task
 
 N_POINTS = 68
 GT_SIZE = 1024  # CelebA-HQ images (and their landmark annotations) are 1024 px

@@ -1,6 +1,6 @@
 """Prompt adherence on the synthetic task: do the generated colours match the caption's named colours?
 
-Every pixel is classified as its nearest named colour (Euclidean RGB distance to ``oft.data.synthetic.COLOURS``);
+Every pixel is classified as its nearest named colour (Euclidean RGB distance to ``oft.specs.synthetic.COLOURS``);
 a region's colour is its most frequent class. Two measures:
 
 - ``masked_adherence``: the shape colour is the dominant class inside the ground-truth shape mask, the background
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from oft.data.synthetic import COLOURS
+from oft.specs.synthetic import COLOURS
 
 NAMES: tuple[str, ...] = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in NAMES], np.float32)  # (K, 3)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from oft.metrics.folder import read_rgb
+from oft.common.images import read_rgb
 
 NUM_CLASSES = 150
 IGNORE_INDEX = 255
@@ -134,7 +134,7 @@ def load_segformer(model: str | os.PathLike | None = None, device: str = "cpu") 
     """
     from transformers import SegformerForSemanticSegmentation
 
-    from oft.paths import models_root
+    from oft.common.paths import models_root
 
     default = models_root() / SEGFORMER_ID.split("/")[1]
     source = str(model) if model is not None else str(default) if default.is_dir() else SEGFORMER_ID

@@ -19,11 +19,9 @@ from tqdm.auto import tqdm
 
 from oft.sd.configs import LATENT_CHANNELS, VAE_DOWNSAMPLE
 from oft.sd.models import SDModels
+from oft.specs.sampling import CONTROL_EVAL
 
 SAMPLERS = ("ddim", "dpm")
-# The paper's settings: control evaluation (SPEC §3) and DreamBooth validation images (SPEC §4).
-CONTROL_EVAL = {"sampler": "ddim", "steps": 50, "guidance": 9.0, "eta": 0.0}
-DREAMBOOTH_VALIDATION = {"sampler": "dpm", "steps": 25, "guidance": 7.5}
 
 
 def make_scheduler(sampler: str, training_config: Any) -> SchedulerMixin:
@@ -55,18 +53,21 @@ def sample(
     models: SDModels,
     prompts: list[str],
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    guidance: float = 9.0,
+    sampler: str = CONTROL_EVAL.sampler,
+    steps: int = CONTROL_EVAL.steps,
+    guidance: float = CONTROL_EVAL.guidance,
     negative_prompt: str = "",
     seeds: list[int],
     height: int,
     width: int,
-    eta: float = 0.0,
+    eta: float = CONTROL_EVAL.eta,
     unet_kwargs_fn: Callable[[Tensor, Tensor], dict[str, Any]] | None = None,
     progress: bool = True,
 ) -> Tensor:
     """Generate images (B, 3, height, width) in [0, 1] for ``prompts`` with classifier-free guidance.
+
+    The sampler settings default to the control evaluation's (``oft.specs.sampling.CONTROL_EVAL``); pass a
+    preset's ``kwargs()`` for another job's.
 
     ``guidance`` w mixes ε = ε_u + w (ε_c − ε_u), with ε_u from ``negative_prompt``; the unconditional and the
     conditional branch run as one batch ``cat([uncond, cond])`` (w = 1 runs the conditional branch alone).

@@ -7,6 +7,8 @@ matches nothing, and ``tests/test_sd_targets.py`` checks the counts on the real 
 
 from __future__ import annotations
 
+import re
+
 # Every transformer block of the UNet: down_blocks.i.attentions.j / mid_block.attentions.0 / up_blocks.i.attentions.j
 _BLOCK = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\.transformer_blocks\.\d+"
 
@@ -24,7 +26,5 @@ TARGET_SETS: dict[str, tuple[str, ...]] = {"control": CONTROL_TARGETS, "db": DB_
 
 def match_targets(names, patterns: tuple[str, ...] | list[str]) -> list[str]:
     """The names (in order) that fully match any of ``patterns``: what ``oft_layers.inject`` would wrap."""
-    import re
-
     compiled = [re.compile(p) for p in patterns]
     return [n for n in names if any(c.fullmatch(n) for c in compiled)]

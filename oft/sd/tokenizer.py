@@ -39,7 +39,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def default_bpe_path() -> Path:
     """The BPE merges file inside the installed ``open_clip`` package."""
-    import open_clip
+    import open_clip  # heavy (~3 s: its model zoo): imported for its vocabulary file only, when one is built
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():

@@ -1,0 +1,1 @@
+"""oft-control's command lines (the scripts in oft-control/ call these)."""

@@ -1,0 +1,1 @@
+"""oft-db's command lines (the scripts in oft-db/ call these)."""

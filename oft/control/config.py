@@ -1,0 +1,192 @@
+"""The oft-control configs: what names a run (``Experiment``), how it trains (``Training``, ``PostFit``) and how it
+samples (``Sampling``). Their fields are the paper's settings (SPEC §3) with their --help text; the command lines
+generate their flags from them (``oft.cli.flags``), so this module is the one home of every oft-control default.
+
+Per-task values (epochs, batch size per GPU, data folders) live in ``oft.specs.tasks.TASKS``; the samplers in
+``oft.specs.sampling``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from oft.common.options import option
+from oft.control.data import SYNTHETIC, build_dataset
+from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID
+from oft.specs.synthetic import HINT_KINDS
+from oft.specs.tasks import TASKS, get_task
+
+RUNS_ROOT = Path("outputs/control")  # run folders: <RUNS_ROOT>/<Experiment.name>
+# The synthetic task (tests, CPU demo) is not a paper task; these stand in for its TASKS entry.
+SYNTHETIC_EPOCHS = 10
+SYNTHETIC_BATCH_SIZE = 4
+
+
+def _positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What names a run and its data: the adapter (reference flags --r --eps --coft --block_share), the task,
+    the base and the run folder. Every oft-control command after the tool takes these."""
+
+    r: int = option(4, "number of OFT blocks per layer (not the block size); paper: 4 (Table 3: 2/4/8/16)")
+    eps: float = option(
+        1e-3, "COFT deviation; block radius eps*b^2/sqrt(r); paper: 1e-3 (used only with --coft)"
+    )
+    coft: bool = option(False, "constrained OFT: project R onto the eps-ball after every step (paper's COFT)")
+    block_share: bool = option(False, "one rotation block shared by all r blocks of a layer")
+    resolution: int = option(512, "image and control size in pixels (multiple of 8)")
+    seed: int = option(0, "seed of shuffling, noise and timesteps (resumes reproduce an uninterrupted run)")
+    control: str = option("segm", "task: which data and which per-task defaults", choices=(*TASKS, SYNTHETIC))
+    synthetic_hint: str = option("canny", "control image of --control synthetic", choices=HINT_KINDS)
+    synthetic_length: int | None = option(None, "number of synthetic items [default: 64 train, 16 val]")
+    data_root: str | None = option(
+        None,
+        "folder holding ADE20K/, COCO/, ... [default: $OFT_DATA_ROOT or ./data]",
+        aliases=("--data-root",),
+    )
+    base: str | None = option(
+        None, "base SD checkpoint or diffusers folder [default: the one recorded in the model file]"
+    )
+    output_dir: str | None = option(
+        None,
+        "run folder (checkpoints/, logs/, samples/, control_final.safetensors, generated/) "
+        f"[default: {RUNS_ROOT}/<task>_r<r>_<coft_eps|oft>]",
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "r", "resolution", "synthetic_length")
+        if self.resolution % 8:
+            raise ValueError(
+                f"--resolution must be a multiple of 8 (hint encoder and VAE downsample by 8), got {self.resolution}"
+            )
+
+    @property
+    def name(self) -> str:
+        """The one name of an experiment, its default folder: ``segm_r4_coft_eps0.001``."""
+        kind = f"coft_eps{self.eps:g}" if self.coft else "oft"
+        return f"{self.control}_r{self.r}_{kind}{'_share' if self.block_share else ''}"
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: ``output_dir``, else ``outputs/control/<name>`` (one rule for every command)."""
+        return Path(self.output_dir or RUNS_ROOT / self.name)
+
+    def adapter_flags(self) -> dict[str, object]:
+        """The adapter as the control-model file records it (``check_flags_match``)."""
+        return {"r": self.r, "eps": self.eps, "coft": self.coft, "block_share": self.block_share}
+
+    def dataset(self, split: str, **options: object) -> Dataset:
+        """The task's dataset of ``split`` (``options``: e.g. ``full`` for the validation list)."""
+        return build_dataset(
+            self.control,
+            split,
+            root=self.data_root,
+            resolution=self.resolution,
+            synthetic_hint=self.synthetic_hint,
+            synthetic_length=self.synthetic_length,
+            seed=self.seed,
+            **options,
+        )
+
+    def task_defaults(self) -> tuple[int, int]:
+        """(epochs, batch size per GPU) of the task: the reference's per-task values from ``TASKS``."""
+        if self.control == SYNTHETIC:
+            return SYNTHETIC_EPOCHS, SYNTHETIC_BATCH_SIZE
+        task = get_task(self.control)
+        return task.epochs, task.batch_size
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a run trains (train.py): optimizer, length, precision, scale-out, checkpoints, logs, sample grids."""
+
+    lr: float = option(1e-5, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (torch's AdamW default, as the reference)")
+    batch_size: int | None = option(None, "images per GPU per step (default: the task's, 16; landmark 4)")
+    epochs: int | None = option(
+        None, "training epochs (default: the task's reference value, e.g. segm 20, canny 11)"
+    )
+    precision: str = option(
+        "32",
+        "Lightning precision; the paper trained in fp32 (rotations are always float32)",
+        choices=("32", "bf16-mixed", "16-mixed"),
+    )
+    max_steps: int = option(-1, "stop after this many optimizer steps in total (-1: all epochs)")
+    accelerator: str = option("auto", "cpu, gpu, ... (Lightning)")
+    devices: str = option("auto", "GPUs per node, e.g. 4")
+    num_nodes: int = option(1, "nodes (multi-node DDP)")
+    strategy: str = option("auto", "Lightning strategy, e.g. ddp")
+    num_workers: int = option(4, "data-loading processes per GPU")
+    resume: str = option(
+        "auto", "auto (continue from <run folder>/checkpoints/last.ckpt if present), none, or a .ckpt path"
+    )
+    log_every: int = option(50, "log the loss every N steps")
+    save_every: int = option(500, "rewrite checkpoints/last.ckpt every N steps")
+    sample_every: int = option(1000, "write a sample grid every N steps, 0 = never")
+    sample_steps: int = option(CONTROL_GRID.steps, "DDIM steps of the sample grids")
+    timestep_range: tuple[int, int] | None = option(
+        None,
+        "draw training timesteps from [LO, HI) only [default: all of [0, 1000), as the reference]; a mid range "
+        "makes the zero-initialised hint encoder learn in hundreds of steps instead of thousands",
+        metavar=("LO", "HI"),
+    )
+    gradient_checkpointing: bool = option(
+        False, "recompute UNet activations in the backward pass (less memory, slower)"
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "epochs", "save_every", "log_every", "num_nodes")
+        if self.sample_every < 0:
+            raise ValueError(f"--sample_every must be >= 0, got {self.sample_every}")
+
+    def for_task(self, experiment: Experiment) -> Training:
+        """This config with epochs and batch size filled in from the task where they were not given."""
+        epochs, batch_size = experiment.task_defaults()
+        return replace(self, epochs=self.epochs or epochs, batch_size=self.batch_size or batch_size)
+
+
+@dataclass(frozen=True)
+class PostFit(Training):
+    """Magnitude post-fitting (train_with_norm.py): as ``Training``, one epoch by default (the paper's)."""
+
+    epochs: int | None = option(1, "magnitude post-fitting epochs (paper: 1; the reference code ran 5)")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How test_oft_parallel.py samples the validation set (paper §3): DDIM 50, CFG 9, 6 samples per item."""
+
+    steps: int = option(CONTROL_EVAL.steps, "DDIM steps")
+    guidance: float = option(
+        CONTROL_EVAL.guidance,
+        "classifier-free guidance scale (the control stays in the unconditional branch)",
+    )
+    eta: float = option(CONTROL_EVAL.eta, "DDIM eta")
+    num_samples: int = option(6, "samples per condition")
+    batch: int = option(30, "items per chunk; --img_ID N processes chunk N (reference interface)")
+    full: bool = option(
+        True, "the full validation list prompt_val_blip_full.json, as the paper evaluated [default: on]"
+    )
+    skip_unreadable: bool = option(
+        False,
+        "record validation items whose files are missing or undecodable in <out>/excluded/item_<i>.json (the "
+        "evaluators report them) and sample the others; default: stop, naming the item and file",
+    )
+    workers: int | None = option(None, "local mode: worker processes [default: one per visible GPU, else 1]")
+    threads: int | None = option(
+        None,
+        "threads per CPU worker [default: cores / workers]; outputs are byte-identical across runs and "
+        "chunkings only at the same value",
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "num_samples", "batch", "workers", "threads")

@@ -1,1 +1,0 @@
-"""Data helpers: the synthetic task generator and the download/verify/unpack machinery behind scripts/."""

@@ -1,0 +1,67 @@
+"""What a DreamBooth run checks before any model loads or class image is made, one line per problem: the output
+folders, the subject photos, r against the layer widths, and the checkpoint to resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from diffusers import UNet2DConditionModel
+
+import oft_layers
+from oft.common.files import create_output_folder
+from oft.db.checkpoints import find_checkpoint, read_state
+from oft.db.config import DreamBoothConfig
+from oft.db.data import instance_images
+from oft.sd.configs import preset_config
+from oft.sd.targets import DB_TARGETS, match_targets
+
+
+class Inputs(NamedTuple):
+    """The checked inputs of a run: the subject photos and the checkpoint to resume (with its state), if any."""
+
+    instance_paths: list[Path]
+    checkpoint: Path | None
+    state: dict | None
+
+
+def check_block_sizes(unet: torch.nn.Module, options: dict, model: str) -> None:
+    """Raise ``oft_layers``' one-line ``ValueError`` unless r divides the input width of every DreamBooth target
+    layer of ``unet`` (the 128 attention projections; SD1.5: widths 320, 640, 768, 1280)."""
+    config = oft_layers.OFTConfig(**options)
+    modules = dict(unet.named_modules())
+    widths = {name: modules[name].in_features for name in match_targets(modules, DB_TARGETS)}
+    for name, width in widths.items():
+        try:
+            config.block_size(width, where=f"--r {config.r}: {model} layer {name}")
+        except ValueError as err:
+            # that layer's divisors alone could send the user to an r that another layer refuses
+            common = math.gcd(*widths.values())
+            fits = [d for d in range(1, common + 1) if common % d == 0]
+            raise ValueError(
+                f"{err}; all {len(widths)} target layers (widths {sorted(set(widths.values()))}) "
+                f"take r among {fits}"
+            ) from None
+
+
+def sd15_unet_without_weights() -> torch.nn.Module:
+    """SD1.5's UNet on the meta device: every layer's shape from the architecture config, no weights, ~0.1 s."""
+    with torch.device("meta"):
+        return UNet2DConditionModel(**preset_config("sd15")["unet"])
+
+
+def check_inputs(cfg: DreamBoothConfig, out: Path) -> Inputs:
+    """Every input of a run checked before any model loads or class image is made (``cfg`` validated already):
+    the output folders can be made, every photo decodes, r fits SD1.5's layers, the checkpoint reads safely."""
+    create_output_folder(out, f"--output_dir {out}")  # or one WriteError line (run_main prints it)
+    if cfg.with_prior_preservation:
+        create_output_folder(cfg.class_data_dir, f"--class_data_dir {cfg.class_data_dir}")
+    instance_paths = instance_images(cfg.instance_data_dir)  # present, and every photo decodes
+    # r against SD1.5's layer widths from its config (no weights); the tiny test preset's widths (32, 64) allow
+    # fewer r, which the trainer checks on the loaded model, still before any class image is made
+    check_block_sizes(sd15_unet_without_weights(), cfg.oft_options(), "SD1.5")
+    checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
+    state = read_state(checkpoint) if checkpoint is not None else None  # tensors and plain values only
+    return Inputs(instance_paths, checkpoint, state)

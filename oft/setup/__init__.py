@@ -1,0 +1,1 @@
+"""Getting the data and checkpoints: downloads, their sources, folder layouts, COCO preparation."""

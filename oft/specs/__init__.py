@@ -1,0 +1,1 @@
+"""What the paper and the reference fix (tasks, the synthetic task, DreamBooth subjects and prompts, layouts, presets): data, no models."""

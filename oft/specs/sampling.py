@@ -1,0 +1,31 @@
+"""The sampler settings of every job, each defined here once (SPEC §3, §4); code and flags read them from here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class SamplerPreset:
+    """A sampler (``ddim`` or ``dpm``: DPM-Solver++ multistep), its steps, CFG scale and DDIM eta."""
+
+    sampler: str
+    steps: int
+    guidance: float
+    eta: float = 0.0
+
+    def kwargs(self) -> dict:
+        """As keyword arguments of ``oft.sd.sample``."""
+        return asdict(self)
+
+
+# oft-control evaluation (the reference's test_oft_parallel.py): DDIM 50, CFG 9, eta 0
+CONTROL_EVAL = SamplerPreset("ddim", 50, 9.0)
+# the sample grids written during control training: the evaluation sampler, fewer steps
+CONTROL_GRID = SamplerPreset("ddim", 20, CONTROL_EVAL.guidance)
+# DreamBooth validation images and oft-db/generate.py (the reference: DPM-Solver++ 25 steps, CFG 7.5)
+DREAMBOOTH_VALIDATION = SamplerPreset("dpm", 25, 7.5)
+# DreamBooth class images (the reference: diffusers' stock pipeline, 50 steps, CFG 7.5; ours DDIM 50)
+DREAMBOOTH_CLASS = SamplerPreset("ddim", 50, DREAMBOOTH_VALIDATION.guidance)
+# the CPU demo's sampling of its 64-px tiny base
+DEMO = SamplerPreset("ddim", 20, 5.0)
