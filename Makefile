@@ -5,7 +5,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: test test-portable bench demo style quality clean-venv
+.PHONY: test test-quick test-portable bench demo style quality clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# While iterating: the suite without the end-to-end runs marked `slow` (make test runs everything).
+test-quick: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 # The numerically sensitive tests (marker `numerics`) under CPU kernels other than this machine's best:
 # torch/MKL/oneDNN/OpenBLAS instruction sets default (no SIMD), AVX2, AVX-512, each with 1 and 2 threads.

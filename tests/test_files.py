@@ -166,3 +166,32 @@ def test_run_main_prints_a_write_error_as_one_line_whatever_errors_it_is_given(t
     with pytest.raises(SystemExit) as caught:
         run_main(main, lambda: None, errors=(ValueError,))
     assert caught.value.code == "some_script: cannot write a/b.png: no space left on device in /x/a"
+
+
+def test_atomic_folder_replaces_the_old_folder_only_when_complete(tmp_path):
+    final = tmp_path / "validation"
+    files.atomic_folder(final, lambda tmp: (tmp / "a.txt").write_text("old"))
+    with pytest.raises(RuntimeError, match="killed"):
+
+        def broken(tmp):
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed mid-build")
+
+        files.atomic_folder(final, broken)
+    assert [p.name for p in tmp_path.iterdir()] == ["validation"]  # no temporary left, the old one intact
+    assert (final / "a.txt").read_text() == "old"
+    files.atomic_folder(final, lambda tmp: (tmp / "b.txt").write_text("new"))
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced as a whole
+
+
+def test_publish_moves_a_checked_download_and_never_deletes_a_folder_unasked(tmp_path):
+    download, final = tmp_path / ".download", tmp_path / "data" / "ADE20K"
+    download.mkdir()
+    (download / "x.png").write_bytes(b"1")
+    assert files.publish(download, final) == final and (final / "x.png").read_bytes() == b"1"
+    again = tmp_path / ".again"
+    again.mkdir()
+    (again / "y.png").write_bytes(b"2")
+    with pytest.raises(files.WriteError):  # an existing dataset is not replaced silently
+        files.publish(again, final)
+    assert (final / "x.png").is_file() and again.is_dir()

@@ -100,12 +100,13 @@ def options_from(
         parser.error(str(err))
 
 
-def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--data-root`` (``--data_root`` also accepted): the datasets folder, the same flag on every command."""
+def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup, holds: str = "") -> None:
+    """``--data-root`` (``--data_root`` also accepted): the datasets folder (``holds``: what this command reads
+    there), the same flag on every command."""
     parser.add_argument(
         "--data-root",
         "--data_root",
         dest="data_root",
         default=None,
-        help=f"datasets folder [default: ${DATA_ROOT_ENV} or ./data]",
+        help=f"datasets folder{f' holding {holds}' if holds else ''} [default: ${DATA_ROOT_ENV} or ./data]",
     )

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from oft.cli.flags import add_data_root
 from oft.common.paths import data_root
-from oft.setup.coco import CANNY_THRESHOLDS, prepare_coco
+from oft.setup.coco import prepare_coco
 from oft.setup.download import run_job, setup
 from oft.setup.sources import SOURCES
+from oft.specs.tasks import CANNY_THRESHOLDS
 
 COCO_SOURCES = ("coco_train2017", "coco_val2017", "coco_annotations")
 

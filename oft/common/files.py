@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -178,6 +179,39 @@ def _keep_previous(path: Path, previous: Path) -> None:
     except BaseException:
         link.unlink(missing_ok=True)
         raise
+
+
+def publish(source: str | os.PathLike, final: str | os.PathLike, *, replace_folder: bool = False) -> Path:
+    """Move a complete, checked ``source`` (file or folder, same file system) to ``final`` in one rename and
+    fsync the folder entry; ``replace_folder``: an existing folder ``final`` is deleted first (else the rename
+    refuses a non-empty one). Errors as in ``atomic_write``: one ``WriteError``."""
+    source, final = Path(source), Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if replace_folder and final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)  # a folder cannot be renamed over a non-empty one
+        os.replace(source, final)
+        _fsync(final.parent, directory=True)
+    except OSError as err:
+        if isinstance(err, WriteError):
+            raise
+        raise WriteError(f"cannot write {final}: {_folder_problem(final.parent, err)}", err.errno) from err
+    return final
+
+
+def atomic_folder(final: str | os.PathLike, build: Callable[[Path], object]) -> Path:
+    """Make the folder ``final`` through ``build(tmp)`` on a fresh hidden ``.tmp-<name>`` beside it, then
+    ``publish`` it: readers (and resumes) see the old folder or the complete new one, never a partial one."""
+    final = Path(final)
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed build's leftovers
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish(tmp, final, replace_folder=True)
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: object, **kwargs: object) -> Path:

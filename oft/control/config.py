@@ -51,7 +51,6 @@ class Experiment:
     data_root: str | None = option(
         None,
         "folder holding ADE20K/, COCO/, ... [default: $OFT_DATA_ROOT or ./data]",
-        aliases=("--data-root",),
     )
     base: str | None = option(
         None, "base SD checkpoint or diffusers folder [default: the one recorded in the model file]"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import oft_layers
 from oft.common.seeds import step_generator
 from oft.control.checkpoint import ControlModel, load_control, save_control
+from oft.control.config import Training
 from oft.sd import add_to_conv_in
 
 STAGES = ("oft", "magnitude")
@@ -34,8 +35,8 @@ class ControlOFT(L.LightningModule):
         base: str | None = None,
         *,
         stage: str = "oft",
-        lr: float = 1e-5,
-        weight_decay: float = 0.01,
+        lr: float = Training.lr,
+        weight_decay: float = Training.weight_decay,
         seed: int = 0,
         gradient_checkpointing: bool = False,
         timestep_range: tuple[int, int] | None = None,

@@ -9,14 +9,13 @@ and noise are functions of the step alone (``oft.db.data``), so nothing else nee
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 import oft_layers
-from oft.common.files import atomic_write_bytes
+from oft.common.files import atomic_folder, atomic_torch_save, atomic_write_bytes
 from oft.common.safe_load import load_error_line
 from oft.db.layout import ADAPTER_NAME, CHECKPOINT_PREFIX, STATE_NAME, VALIDATION_DIR
 
@@ -117,20 +116,19 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoint-{step}/`` (adapter, optimizer + scheduler state, config) atomically; rotate old ones."""
     final = output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = output_dir / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_adapter(unet, tmp / ADAPTER_NAME, meta)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict(),
-        "meta": meta,
-        "oft_path_cache": oft_layers.path_cache(),  # a resumed run computes (and rounds) the same way
-    }
-    torch.save(state, tmp / STATE_NAME)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+
+    def write(tmp: Path) -> None:
+        save_adapter(unet, tmp / ADAPTER_NAME, meta)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "meta": meta,
+            "oft_path_cache": oft_layers.path_cache(),  # a resumed run computes (and rounds) the same way
+        }
+        atomic_torch_save(tmp / STATE_NAME, state)
+
+    atomic_folder(final, write)
     if limit > 0:
         remove_folders(list_checkpoints(output_dir, complete=False)[:-limit])
     return final

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 import oft_layers
+from oft.common.files import atomic_folder
 from oft.sd import load_sd
 from oft.sd.loading import save_single_file
 from oft.sd.sampling import make_scheduler
@@ -81,9 +81,5 @@ def export_merged(
         if output.suffix not in (".safetensors", ".ckpt"):
             raise ValueError(f"single-file output must end in .safetensors or .ckpt, got {output.name}")
         return save_single_file(models, output)
-    tmp = output.with_name(f".tmp-{output.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    to_pipeline(models).save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(tmp, output)
-    return output
+    pipeline = to_pipeline(models)
+    return atomic_folder(output, lambda tmp: pipeline.save_pretrained(tmp, safe_serialization=True))

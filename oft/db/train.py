@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 import oft_layers
-from oft.common.files import atomic_write_bytes
+from oft.common.files import atomic_write_bytes, publish
 from oft.common.images import list_images
 from oft.common.seeds import step_generator
 from oft.db.checkpoints import (
@@ -338,7 +337,7 @@ def save_result(s: Session, step: int) -> Path:
     if s.cfg.num_validation_images:
         validation_images(s.models, s.cfg, s.out / VALIDATION_DIR / "final")
     adapter = s.out / ADAPTER_NAME
-    os.replace(pending, adapter)
+    publish(pending, adapter)
     if not s.cfg.keep_checkpoints:  # SD1.5: ~0.4 GB each with the optimizer state, x 750 runs
         remove_checkpoints(s.out)
     logger.info("saved %s (%d steps)", adapter, step)

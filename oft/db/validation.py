@@ -3,14 +3,13 @@ exactly), and the validation prompt sampled with fixed seeds into ``validation/<
 
 from __future__ import annotations
 
-import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 import oft_layers
+from oft.common.files import atomic_folder, atomic_write_bytes
 from oft.common.images import write_png
 from oft.db.config import DreamBoothConfig
 from oft.sd.models import SDModels
@@ -48,12 +47,11 @@ def validation_images(models: SDModels, cfg: DreamBoothConfig, folder: Path) -> 
         width=cfg.resolution,
         progress=False,
     )
-    tmp = folder.with_name(f".tmp-{folder.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, image in enumerate(images):
-        write_png(tmp / f"{i:02d}.png", image)
-    (tmp / "prompt.txt").write_text(cfg.validation_prompt + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+
+    def write(tmp: Path) -> None:
+        for i, image in enumerate(images):
+            write_png(tmp / f"{i:02d}.png", image)
+        atomic_write_bytes(tmp / "prompt.txt", (cfg.validation_prompt + "\n").encode())
+
+    atomic_folder(folder, write)
     return images

@@ -16,9 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from oft.common.images import read_rgb
-from oft.metrics.folder import Pair, SampleFolder, open_sample_folder
-
-CANNY_THRESHOLDS = (100, 200)  # the reference's thresholds, also used to make the COCO canny hints
+from oft.metrics.folder import Pair, SampleFolder, open_sample_folder, report
+from oft.specs.tasks import CANNY_THRESHOLDS
 
 # Paper Table 2 (C2I): method -> (IoU, F1)
 PAPER = {"SD": (0.049, 0.093), "ControlNet": (0.189, 0.317), "LoRA": (0.168, 0.286),
@@ -80,12 +79,4 @@ def canny_report(
     every sample), with what was scored and which items the sampler excluded; eval_canny.py writes the report."""
     folder = open_sample_folder(root)
     metrics = evaluate_canny(folder.pairs(sample), gray=gray)
-    report = {
-        "metric": "canny",
-        "folder": str(folder.root),
-        "samples": "all" if sample is None else sample,
-        "edges_from": "gray" if gray else "rgb",
-        "excluded": sorted(folder.excluded),
-        **metrics,
-    }
-    return report, folder
+    return report("canny", folder, sample, metrics, edges_from="gray" if gray else "rgb"), folder

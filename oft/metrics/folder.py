@@ -162,6 +162,20 @@ def item_names(task_name: str, data_root: Path, split: str = "val") -> list[str]
     return [Path(json.loads(line)["target"]).name for line in lines]
 
 
+def report(metric: str, folder: SampleFolder, samples: object, metrics: dict, **extra: object) -> dict:
+    """An evaluator's JSON report: what was scored (``samples``: an index, "all" or "real"), where, which items
+    the sampler excluded, then the scores."""
+    excluded = sorted(folder.excluded)
+    return {
+        "metric": metric,
+        "folder": str(folder.root),
+        **extra,
+        "samples": samples,
+        "excluded": excluded,
+        **metrics,
+    }
+
+
 def nan_to_none(value: object) -> object:
     """JSON has no NaN: floats that are NaN become null, recursively through dicts and lists."""
     if isinstance(value, float) and math.isnan(value):

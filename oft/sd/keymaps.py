@@ -13,6 +13,7 @@ the tiny LDM-layout checkpoint that tests the loader without real weights.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -129,32 +130,43 @@ def _swap_first(rest: str, names: list[tuple[str, str]]) -> str:
     return rest
 
 
-def unet_to_ldm(state_dict: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
-    """Diffusers UNet weights -> LDM ``model.diffusion_model.*`` weights (same tensors, renamed)."""
-    pairs = _unet_prefix_map(config)
+def _to_ldm(
+    state_dict: dict[str, Tensor],
+    pairs: list[tuple[str, str]],
+    prefix: str,
+    fix: Callable[[str, str, Tensor], tuple[str, Tensor]],
+) -> dict[str, Tensor]:
+    """Rename every key by its longest diffusers prefix in ``pairs``, then ``fix(key, rest, value)``."""
     out = {}
     for key, value in state_dict.items():
-        prefix, rest = _rename(key, pairs)
-        if ".resnets." in key:
-            rest = _swap_first(rest, _UNET_RESNET)
-        out[UNET_PREFIX + prefix + rest] = value
+        ldm, rest = _rename(key, pairs)
+        rest, value = fix(key, rest, value)
+        out[prefix + ldm + rest] = value
     return out
+
+
+def _unet_fix(key: str, rest: str, value: Tensor) -> tuple[str, Tensor]:
+    return (_swap_first(rest, _UNET_RESNET) if ".resnets." in key else rest), value
+
+
+def _vae_fix(key: str, rest: str, value: Tensor) -> tuple[str, Tensor]:
+    if ".resnets." in key and rest.startswith("conv_shortcut."):
+        rest = "nin_shortcut." + rest[len("conv_shortcut.") :]
+    if ".attentions." in key:
+        rest = _swap_first(rest, _VAE_ATTN)
+        if value.ndim == 2:  # LDM's AttnBlock uses Conv2d(c, c, 1): (c, c) -> (c, c, 1, 1)
+            value = value[:, :, None, None]
+    return rest, value
+
+
+def unet_to_ldm(state_dict: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
+    """Diffusers UNet weights -> LDM ``model.diffusion_model.*`` weights (same tensors, renamed)."""
+    return _to_ldm(state_dict, _unet_prefix_map(config), UNET_PREFIX, _unet_fix)
 
 
 def vae_to_ldm(state_dict: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
     """Diffusers VAE weights -> LDM ``first_stage_model.*`` weights; attention linears become 1x1 convs as in LDM."""
-    pairs = _vae_prefix_map(config)
-    out = {}
-    for key, value in state_dict.items():
-        prefix, rest = _rename(key, pairs)
-        if ".resnets." in key and rest.startswith("conv_shortcut."):
-            rest = "nin_shortcut." + rest[len("conv_shortcut.") :]
-        if ".attentions." in key:
-            rest = _swap_first(rest, _VAE_ATTN)
-            if value.ndim == 2:  # LDM's AttnBlock uses Conv2d(c, c, 1): (c, c) -> (c, c, 1, 1)
-                value = value[:, :, None, None]
-        out[VAE_PREFIX + prefix + rest] = value
-    return out
+    return _to_ldm(state_dict, _vae_prefix_map(config), VAE_PREFIX, _vae_fix)
 
 
 def text_to_ldm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:

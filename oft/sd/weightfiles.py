@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from oft.common.files import atomic_torch_save, atomic_write
 from oft.common.safe_load import load_error_line, refused_pickle
 
 UNREADABLE_FIX = (
@@ -91,11 +92,8 @@ def write_single_file(state: dict[str, Tensor], path: str | os.PathLike, metadat
     """
     path = Path(path)
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        save_file(state, str(tmp), metadata={"format": "pt", **metadata})
-    else:
-        torch.save({"state_dict": state}, tmp)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(
+            path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", **metadata})
+        )
+    return atomic_torch_save(path, {"state_dict": state})

@@ -35,9 +35,8 @@ from tqdm import tqdm
 from oft.common.files import atomic_write_bytes
 from oft.setup.download import SetupError, say
 from oft.setup.layout import check_control_dataset
-from oft.specs.tasks import TASKS, Task, read_captions
+from oft.specs.tasks import CANNY_THRESHOLDS, TASKS, Task, read_captions
 
-CANNY_THRESHOLDS = (100, 200)  # the reference's, for the hints and for the C2I metric
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 DATASET_DIR = "COCO"
 CANNY = TASKS["canny"]

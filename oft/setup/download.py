@@ -41,7 +41,7 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from oft.common.files import atomic_write_bytes, sha256_file
+from oft.common.files import atomic_write_bytes, publish, sha256_file
 from oft.setup.layout import LayoutError
 
 USER_AGENT = "oft-diffusion-setup/0.1 (+https://github.com/Zeju1997/oft)"
@@ -437,8 +437,7 @@ def place(source: Source, tmp: Path, root: Path, member: str | None) -> str:
             except LayoutError as exc:
                 problems.append(str(exc))
                 continue
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(folder, final)
+            publish(folder, final)
             return summary
         first = problems[0] if problems else "the archive is empty"
         raise SetupError(
@@ -604,6 +603,5 @@ def _place_file(source: Source, download: Path, final: Path) -> str:
     except LayoutError as exc:
         download.unlink()
         raise SetupError(f"{exc}: it was deleted; rerun to download it again") from None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(download, final)
+    publish(download, final)
     return summary

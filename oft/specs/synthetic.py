@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from oft.specs.tasks import CANNY_THRESHOLDS
+
 # name -> RGB; chosen far apart so a colour classifier on generated images is unambiguous
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -31,7 +33,6 @@ SEGM_PALETTE: dict[str, tuple[int, int, int]] = {
     "triangle": (0, 0, 255),
 }
 HINT_KINDS = ("canny", "segm")
-CANNY_THRESHOLDS = (100, 200)  # as the C2I task and its metric
 # Canny at 100/200 needs a grey-level step of about 60 to mark an edge (Sobel gain 4 on an 8-bit step), so
 # shape and background are drawn from colour pairs at least this far apart in luminance.
 MIN_GRAY_STEP = 60

@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+# cv2.Canny thresholds of the reference: its COCO canny hints, the C2I metric, the synthetic task's hints
+CANNY_THRESHOLDS = (100, 200)
+
 
 @dataclass(frozen=True)
 class Task:

@@ -9,21 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from oft.cli.run import run_main
+from oft.cli.control.evaluation import chosen_sample, evaluation_parser, finish, run
 from oft.metrics.canny import PAPER, canny_report
-from oft.metrics.folder import excluded_note, format_table, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="sampling output folder written by test_oft_parallel.py")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--sample-index", type=int, default=0, help="generated sample n scored per item (default 0)"
-    )
-    which.add_argument(
-        "--all-samples", action="store_true", help="score every sample of every item and average"
-    )
+    p, _ = evaluation_parser(__doc__)
     p.add_argument(
         "--gray",
         action="store_true",
@@ -34,19 +25,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    report, folder = canny_report(args.folder, None if args.all_samples else args.sample_index, args.gray)
-    write_json(args.out or folder.root / "eval_canny.json", report)
-    rows = [("IoU", report["iou"], PAPER["OFT"][0], PAPER["COFT"][0]),
-            ("F1", report["f1"], PAPER["OFT"][1], PAPER["COFT"][1])]  # fmt: skip
-    print(format_table((f"C2I ({report['images']} images)", "value", "paper OFT", "paper COFT"), rows))
-    if note := excluded_note(folder):
-        print(note)
-    return report
+    result, folder = canny_report(args.folder, chosen_sample(args), args.gray)
+    rows = [("IoU", result["iou"], PAPER["OFT"][0], PAPER["COFT"][0]),
+            ("F1", result["f1"], PAPER["OFT"][1], PAPER["COFT"][1])]  # fmt: skip
+    header = (f"C2I ({result['images']} images)", "value", "paper OFT", "paper COFT")
+    return finish(result, args.out or folder.root / "eval_canny.json", folder, header, rows)
 
 
 def cli() -> None:
     """The command line: parse the flags and run, with one-line errors."""
-    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))
+    run(main, parse_args)
 
 
 if __name__ == "__main__":

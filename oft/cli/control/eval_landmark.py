@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 
+from oft.cli.control.evaluation import chosen_sample, evaluation_parser, finish, run
 from oft.cli.flags import add_data_root
-from oft.cli.run import run_main
 from oft.common.paths import data_root
-from oft.metrics.folder import excluded_note, format_table, open_sample_folder, write_json
+from oft.metrics.folder import open_sample_folder, report
 from oft.metrics.landmark import (
     GT_FOLDER,
     GT_SIZE,
@@ -32,15 +32,7 @@ from oft.metrics.landmark import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="sampling output folder written by test_oft_parallel.py")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--sample-index", type=int, default=0, help="generated sample n scored per item (default 0)"
-    )
-    which.add_argument(
-        "--all-samples", action="store_true", help="score every sample of every item and average"
-    )
+    p, _ = evaluation_parser(__doc__)
     p.add_argument("--gt", help=f"ground-truth landmarks (default <data-root>/celebhq-text/{GT_FOLDER})")
     p.add_argument("--gt-size", type=int, default=GT_SIZE, help="image size the --gt coordinates refer to")
     add_data_root(p)
@@ -56,25 +48,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace, detector: LandmarkDetector | None = None) -> dict:
     """Score the folder; ``detector`` (anything with ``detect``) replaces face_alignment when given."""
     folder = open_sample_folder(args.folder)
-    pairs = folder.pairs(None if args.all_samples else args.sample_index)
+    pairs = folder.pairs(chosen_sample(args))
     gt = load_ground_truth(args.gt, data_root(args.data_root), [p.index for p in pairs])
     detector = detector or FaceAlignmentDetector(args.device, args.model)
     metrics = evaluate_landmarks(pairs, gt, detector, args.gt_size)
-    report = {"metric": "landmark", "folder": str(folder.root),
-              "samples": "all" if args.all_samples else args.sample_index, "excluded": sorted(folder.excluded),
-              **metrics}  # fmt: skip
-    write_json(args.out or folder.root / "eval_landmark.json", report)
+    result = report("landmark", folder, chosen_sample(args), metrics)
     rows = [("landmark error (px)", metrics["landmark_error"], PAPER["OFT"], PAPER["COFT"]),
             ("images without a face", metrics["no_face"], None, None)]  # fmt: skip
-    print(format_table((f"L2F ({metrics['images']} images)", "value", "paper OFT", "paper COFT"), rows))
-    if note := excluded_note(folder):
-        print(note)
-    return report
+    header = (f"L2F ({metrics['images']} images)", "value", "paper OFT", "paper COFT")
+    return finish(result, args.out or folder.root / "eval_landmark.json", folder, header, rows)
 
 
 def cli() -> None:
     """The command line: parse the flags and run, with one-line errors."""
-    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))
+    run(main, parse_args)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 
+from oft.cli.control.evaluation import chosen_sample, evaluation_parser, finish, run
 from oft.cli.flags import add_data_root
-from oft.cli.run import run_main
 from oft.common.paths import data_root
-from oft.metrics.folder import excluded_note, format_table, item_names, open_sample_folder, write_json
+from oft.metrics.folder import item_names, open_sample_folder, report
 from oft.metrics.segmentation import (
     LABELS_DIR,
     PAPER,
@@ -31,13 +31,7 @@ from oft.specs.tasks import get_task
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", help="sampling output folder written by test_oft_parallel.py")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--sample-index", type=int, default=0, help="generated sample n scored per item (default 0)"
-    )
-    which.add_argument("--all-samples", action="store_true", help="score every sample of every item")
+    p, which = evaluation_parser(__doc__)
     which.add_argument("--real", action="store_true", help="segment the ground-truth targets instead")
     p.add_argument(
         "--labels", help="folder of ADE20K annotation PNGs (default <data-root>/ADE20K/val/annotations)"
@@ -60,7 +54,7 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
     if args.real:
         indices, images = list(folder.indices), [folder.source(i) for i in folder.indices]
     else:
-        pairs = folder.pairs(None if args.all_samples else args.sample_index)
+        pairs = folder.pairs(chosen_sample(args))
         indices, images = [p.index for p in pairs], [p.result for p in pairs]
     root = data_root(args.data_root)
     task = get_task("segm")
@@ -72,31 +66,24 @@ def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
     )
     segmenter = segmenter or load_segformer(args.model, args.device)
     metrics = evaluate_segmentation(images, labels, segmenter, reduce_zero=not args.no_reduce_zero_label)
-    samples = "real" if args.real else "all" if args.all_samples else args.sample_index
-    report = {
-        "metric": "segmentation",
-        "folder": str(folder.root),
-        "samples": samples,
-        "excluded": sorted(folder.excluded),
-        **metrics,
-    }
-    write_json(args.out or folder.root / f"eval_segm{'_real' if args.real else ''}.json", report)
+    result = report("segmentation", folder, "real" if args.real else chosen_sample(args), metrics)
     rows = [
         (k, metrics[k], PAPER["OFT"][j], PAPER["COFT"][j]) for j, k in enumerate(("mIoU", "mAcc", "aAcc"))
     ]
-    print(format_table((f"S2I ({metrics['images']} images, %)", "value", "paper OFT", "paper COFT"), rows))
-    if metrics["aspect_mismatch"]:
-        print(
-            f"note: {metrics['aspect_mismatch']} images differ in aspect ratio from their label maps (cropped?)"
-        )
-    if note := excluded_note(folder):
-        print(note)
-    return report
+    header = (f"S2I ({metrics['images']} images, %)", "value", "paper OFT", "paper COFT")
+    mismatch = metrics["aspect_mismatch"]
+    notes = (
+        [f"note: {mismatch} images differ in aspect ratio from their label maps (cropped?)"]
+        if mismatch
+        else []
+    )
+    out = args.out or folder.root / f"eval_segm{'_real' if args.real else ''}.json"
+    return finish(result, out, folder, header, rows, notes)
 
 
 def cli() -> None:
     """The command line: parse the flags and run, with one-line errors."""
-    run_main(main, parse_args, errors=(OSError, RuntimeError, ValueError))
+    run(main, parse_args)
 
 
 if __name__ == "__main__":

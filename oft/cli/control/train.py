@@ -15,26 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oft.cli.flags import add_options, flag_names, options_from
+from oft.cli.control.runs import parse_run
 from oft.cli.run import run_main
 from oft.common.paths import models_root
 from oft.control import jobs
-from oft.control.config import Experiment, Training
+from oft.control.config import Training
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        *flag_names("model", ("--resume_path",)),
-        dest="model",
-        default=str(models_root() / "control_sd15_ini_oft.ckpt"),
-        help="initial control model from tool_add_control_oft.py [default: %(default)s]",
-    )
-    add_options(p, Experiment)
-    add_options(p, Training)
-    args = p.parse_args(argv)
-    args.experiment, args.training = options_from(Experiment, args, p), options_from(Training, args, p)
-    return args
+    model = str(models_root() / "control_sd15_ini_oft.ckpt")
+    helps = "initial control model from tool_add_control_oft.py [default: %(default)s]"
+    return parse_run(__doc__, argv, Training, model, helps, ("--resume_path",))
 
 
 def main(args: argparse.Namespace) -> Path:

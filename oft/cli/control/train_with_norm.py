@@ -13,26 +13,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from oft.cli.flags import add_options, flag_names, options_from
+from oft.cli.control.runs import parse_run
 from oft.cli.run import run_main
 from oft.control import jobs
 from oft.control.checkpoint import FINAL_MODEL
-from oft.control.config import Experiment, PostFit
+from oft.control.config import PostFit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        *flag_names("model"),
-        dest="model",
-        default=None,
-        help=f"trained control model [default: <run folder>/{FINAL_MODEL}]",
+    return parse_run(
+        __doc__, argv, PostFit, None, f"trained control model [default: <run folder>/{FINAL_MODEL}]"
     )
-    add_options(p, Experiment)
-    add_options(p, PostFit)
-    args = p.parse_args(argv)
-    args.experiment, args.training = options_from(Experiment, args, p), options_from(PostFit, args, p)
-    return args
 
 
 def main(args: argparse.Namespace) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from oft.common.paths import DATA_ROOT_ENV
+from oft.cli.flags import add_data_root
 from oft.db.config import DreamBoothConfig
 from oft.db.runs import DEFAULT_OUTPUT_ROOT
 
@@ -19,13 +19,7 @@ def add_output_root(p: Flags, help: str) -> None:
 def add_benchmark_folders(p: Flags, holds: str, runs: str) -> None:
     """``--data-root`` (also spelled ``--data_root``: the datasets folder, holding ``holds``) and
     ``--output_root`` (``runs``: what the run folders there are for)."""
-    p.add_argument(
-        "--data-root",
-        "--data_root",
-        dest="data_root",
-        default=None,
-        help=f"datasets folder holding {holds} (default ${DATA_ROOT_ENV} or ./data)",
-    )
+    add_data_root(p, holds)
     add_output_root(p, runs)
 
 
