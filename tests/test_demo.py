@@ -17,8 +17,9 @@ from oft.cli import demo as demo_cli
 from oft.cli import pretrain_tiny_base as pretrain_tiny_base_cli
 from oft.control.checkpoint import build_initial
 from oft.demo.base import PretrainConfig, calibrate_latent_scale, train_unet, validation_images
+from oft.demo.config import DEFAULT_BASE, DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, lora_modules, lora_parameters_per_rank, matched_rank
-from oft.demo.pipeline import DEFAULT_BASE, METHODS, Demo, DemoConfig, read_losses
+from oft.demo.pipeline import METHODS, Demo, read_losses
 from oft.sd import build_sd, load_sd
 from tests.helpers import REPO
 from tests.helpers.control import tiny_sd_file

@@ -14,7 +14,7 @@ import argparse
 
 from oft.cli.flags import add_options, options_from
 from oft.cli.run import run_main
-from oft.demo.pipeline import Demo, DemoConfig
+from oft.demo.config import DemoConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
+    # the pipeline pulls in Lightning and diffusers (~4 s): imported here so that --help answers at once
+    from oft.demo.pipeline import Demo
+
     return Demo(args.config).run()
 
 

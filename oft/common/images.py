@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from oft.common.files import atomic_write_bytes
+
+if TYPE_CHECKING:  # torch is not imported for reading and listing images (the evaluators start in a blink)
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -42,11 +45,9 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """(3, H, W) float in [0, 1] (tensor) or (H, W, 3) / (H, W) uint8 (array) -> (H, W, 3) or (H, W) uint8 RGB."""
-    if isinstance(image, torch.Tensor):
-        return (
-            (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        )
-    return image
+    if isinstance(image, np.ndarray):
+        return image
+    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Path:

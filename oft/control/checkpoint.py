@@ -33,8 +33,6 @@ from oft.sd.loading import to_ldm_state_dict
 from oft.sd.targets import CONTROL_TARGETS
 
 CONTROL_FORMAT = "1"
-FINAL_MODEL = "control_final.safetensors"  # train.py's trained model, in the run folder
-NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
 BUILD_HINT = "build one with `python oft-control/tool_add_control_oft.py --input_path <SD checkpoint> --output_path <file>`"
 
 

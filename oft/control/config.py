@@ -19,7 +19,12 @@ from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID
 from oft.specs.synthetic import HINT_KINDS
 from oft.specs.tasks import TASKS, get_task
 
-RUNS_ROOT = Path("outputs/control")  # run folders: <RUNS_ROOT>/<Experiment.name>
+# The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/, logs/, samples/ of train.py, then
+RUNS_ROOT = Path("outputs/control")
+FINAL_MODEL = "control_final.safetensors"  # train.py's trained model
+NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
+NORM_DIR = "norm"  # post-fitting's checkpoints/ and logs/
+GENERATED_DIR = "generated"  # the sampler's default output folder
 # The synthetic task (tests, CPU demo) is not a paper task; these stand in for its TASKS entry.
 SYNTHETIC_EPOCHS = 10
 SYNTHETIC_BATCH_SIZE = 4

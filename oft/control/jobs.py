@@ -10,15 +10,21 @@ from pathlib import Path
 import lightning as L
 
 from oft.common.files import create_output_folder
-from oft.control.checkpoint import FINAL_MODEL, NORM_MODEL, ControlModel, check_flags_match
-from oft.control.config import Experiment, Sampling, Training
+from oft.control.checkpoint import ControlModel, check_flags_match
+from oft.control.config import (
+    FINAL_MODEL,
+    GENERATED_DIR,
+    NORM_DIR,
+    NORM_MODEL,
+    Experiment,
+    Sampling,
+    Training,
+)
 from oft.control.inference import SamplingJob, chunk, local_devices, run_parallel
 from oft.control.model import ControlOFT
 from oft.control.training import fit
 
 Model = str | os.PathLike | ControlModel
-NORM_DIR = "norm"  # post-fitting's checkpoints and logs: <run folder>/norm/
-GENERATED_DIR = "generated"  # the sampler's default output: <run folder>/generated/
 
 
 def _check_model(model: Model, experiment: Experiment) -> None:

@@ -6,8 +6,9 @@ The defaults are the paper's/reference's settings (SPEC §4); the sampler settin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
+from oft.common.options import option
 from oft.common.paths import models_root
 from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_VALIDATION
 
@@ -16,79 +17,80 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 AT_LEAST_ONE = ("r", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
 
 
-def _f(default, help: str, **kw):
-    """A config field with its --help text (the entry point builds its flags from these)."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
 @dataclass
 class DreamBoothConfig:
     """Every option of a DreamBooth-OFT run; the defaults are the paper's/reference's settings (SPEC §4)."""
 
     # what to train on
-    pretrained_model: str = _f(
+    pretrained_model: str = option(
         str(models_root() / "v1-5-pruned.ckpt"), "SD1.5: single-file .ckpt/.safetensors or diffusers folder"
     )
-    instance_data_dir: str = _f("", "folder of the subject's photos")
-    instance_prompt: str = _f("", "prompt of the subject photos, e.g. 'a photo of qwe dog'")
-    class_prompt: str = _f("", "prior-preservation prompt, e.g. 'a photo of dog'")
-    class_data_dir: str = _f("", "class-image cache (generated there when fewer than --num_class_images)")
-    validation_prompt: str = _f("", "prompt of the validation images")
-    output_dir: str = _f("", "run folder: checkpoints, validation images, the adapter")
+    instance_data_dir: str = option("", "folder of the subject's photos")
+    instance_prompt: str = option("", "prompt of the subject photos, e.g. 'a photo of qwe dog'")
+    class_prompt: str = option("", "prior-preservation prompt, e.g. 'a photo of dog'")
+    class_data_dir: str = option("", "class-image cache (generated there when fewer than --num_class_images)")
+    validation_prompt: str = option("", "prompt of the validation images")
+    output_dir: str = option("", "run folder: checkpoints, validation images, the adapter")
     # OFT
-    r: int = _f(4, "number of diagonal blocks of each rotation (block size = width / r)")
-    eps: float = _f(6e-5, "COFT deviation: Frobenius radius eps*b^2/sqrt(r) per block")
-    coft: bool = _f(True, "constrained OFT (project R after every step); --no-coft trains plain OFT")
-    block_share: bool = _f(False, "one rotation block shared by all r blocks of a layer")
+    r: int = option(4, "number of diagonal blocks of each rotation (block size = width / r)")
+    eps: float = option(6e-5, "COFT deviation: Frobenius radius eps*b^2/sqrt(r) per block")
+    coft: bool = option(True, "constrained OFT (project R after every step); --no-coft trains plain OFT")
+    block_share: bool = option(False, "one rotation block shared by all r blocks of a layer")
     # prior preservation
-    with_prior_preservation: bool = _f(True, "add the class-image loss (DreamBooth's prior preservation)")
-    prior_loss_weight: float = _f(1.0, "weight of the class-image loss")
-    num_class_images: int = _f(200, "class images to generate/keep per class")
-    sample_batch_size: int = _f(4, "batch size when generating class images")
-    class_inference_steps: int = _f(
+    with_prior_preservation: bool = option(True, "add the class-image loss (DreamBooth's prior preservation)")
+    prior_loss_weight: float = option(1.0, "weight of the class-image loss")
+    num_class_images: int = option(200, "class images to generate/keep per class")
+    sample_batch_size: int = option(4, "batch size when generating class images")
+    class_inference_steps: int = option(
         DREAMBOOTH_CLASS.steps,
         f"{DREAMBOOTH_CLASS.sampler.upper()} steps (CFG {DREAMBOOTH_CLASS.guidance}) of each generated class image",
     )
     # optimisation
-    resolution: int = _f(512, "training image size (shorter side resized, then a random square crop)")
-    center_crop: bool = _f(False, "center crop instead of a random crop")
-    train_batch_size: int = _f(1, "subject images per step (as many class images are added)")
-    max_train_steps: int = _f(2005, "optimizer steps (an epoch is 200 steps; the paper evaluates step 1000)")
-    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
-    learning_rate: float = _f(6e-5, "AdamW learning rate")
-    adam_beta1: float = _f(0.9, "AdamW beta1")
-    adam_beta2: float = _f(0.999, "AdamW beta2")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
-    weight_decay: float = _f(1e-2, "AdamW weight decay")
-    max_grad_norm: float = _f(1.0, "gradient clipping (global norm)")
-    lr_scheduler: str = _f("constant", "diffusers scheduler name: constant, linear, cosine, ...")
-    lr_warmup_steps: int = _f(0, "warm-up steps of the learning-rate schedule")
-    seed: int = _f(0, "seed (>= 0) of data order, crops, noise, class and validation images")
-    mixed_precision: str = _f("no", "no, fp16 or bf16 (frozen weights in that dtype, R in float32)")
-    gradient_checkpointing: bool = _f(False, "recompute UNet activations in the backward pass (less memory)")
-    num_workers: int = _f(0, "data-loading worker processes")
+    resolution: int = option(512, "training image size (shorter side resized, then a random square crop)")
+    center_crop: bool = option(False, "center crop instead of a random crop")
+    train_batch_size: int = option(1, "subject images per step (as many class images are added)")
+    max_train_steps: int = option(
+        2005, "optimizer steps (an epoch is 200 steps; the paper evaluates step 1000)"
+    )
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(6e-5, "AdamW learning rate")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.999, "AdamW beta2")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping (global norm)")
+    lr_scheduler: str = option("constant", "diffusers scheduler name: constant, linear, cosine, ...")
+    lr_warmup_steps: int = option(0, "warm-up steps of the learning-rate schedule")
+    seed: int = option(0, "seed (>= 0) of data order, crops, noise, class and validation images")
+    mixed_precision: str = option("no", "no, fp16 or bf16 (frozen weights in that dtype, R in float32)")
+    gradient_checkpointing: bool = option(
+        False, "recompute UNet activations in the backward pass (less memory)"
+    )
+    num_workers: int = option(0, "data-loading worker processes")
     # validation, checkpoints
-    validation_steps: int = _f(0, "validate every N steps (0: every epoch, as the reference)")
-    num_validation_images: int = _f(8, "validation images per validation (seeds seed..seed+N-1)")
-    validation_sampler: str = _f(
+    validation_steps: int = option(0, "validate every N steps (0: every epoch, as the reference)")
+    num_validation_images: int = option(8, "validation images per validation (seeds seed..seed+N-1)")
+    validation_sampler: str = option(
         DREAMBOOTH_VALIDATION.sampler, "ddim or dpm (DPM-Solver multistep, the reference's)"
     )
-    validation_inference_steps: int = _f(DREAMBOOTH_VALIDATION.steps, "sampler steps of validation images")
-    guidance_scale: float = _f(
+    validation_inference_steps: int = option(
+        DREAMBOOTH_VALIDATION.steps, "sampler steps of validation images"
+    )
+    guidance_scale: float = option(
         DREAMBOOTH_VALIDATION.guidance, "classifier-free guidance of validation images"
     )
-    checkpointing_steps: int = _f(200, "save a resumable checkpoint every N steps (0: never)")
-    checkpoints_total_limit: int = _f(2, "keep at most this many checkpoints (0: all)")
-    keep_checkpoints: bool = _f(
+    checkpointing_steps: int = option(200, "save a resumable checkpoint every N steps (0: never)")
+    checkpoints_total_limit: int = option(2, "keep at most this many checkpoints (0: all)")
+    keep_checkpoints: bool = option(
         False, "keep the checkpoints after the run finished (they only serve resuming)"
     )
-    resume_from_checkpoint: str = _f(
+    resume_from_checkpoint: str = option(
         "latest",
         "'latest': continue from the newest checkpoint in --output_dir (none yet: start at step 0); 'none': "
         "start over at step 0, deleting the run's checkpoints, adapter, log and validation images; or a "
         "checkpoint folder",
     )
-    progress: bool = _f(True, "progress bars")
+    progress: bool = option(True, "progress bars")
 
     def validate(self) -> None:
         """Check the options before any model loads; one clear message per problem."""
@@ -132,8 +134,3 @@ class DreamBoothConfig:
             "coft": self.coft,
             "block_share": self.block_share,
         }
-
-
-def config_fields() -> list:
-    """The dataclass fields of ``DreamBoothConfig`` (name, default, help), for building command-line flags."""
-    return list(fields(DreamBoothConfig))

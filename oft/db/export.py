@@ -16,14 +16,13 @@ import torch
 
 import oft_layers
 from oft.common.files import atomic_folder
+from oft.db.layout import EXPORT_FORMATS
 from oft.sd import load_sd
 from oft.sd.loading import save_single_file
 from oft.sd.sampling import make_scheduler
 from oft.specs.sampling import DREAMBOOTH_VALIDATION
 
 logger = logging.getLogger(__name__)
-
-FORMATS = ("diffusers", "single-file")
 
 
 def load_with_adapter(
@@ -73,8 +72,8 @@ def export_merged(
 ) -> Path:
     """Write base + adapter as one standalone model: ``"diffusers"`` (a folder ``save_pretrained`` writes) or
     ``"single-file"`` (original LDM keys; ``.safetensors`` or ``.ckpt`` by the output's suffix). Atomic."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: choose one of {FORMATS}")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {EXPORT_FORMATS}")
     output = Path(output)
     models, _ = load_with_adapter(base, adapter, merge=True)
     if fmt == "single-file":

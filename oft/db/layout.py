@@ -15,3 +15,4 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "state.pt"
 VALIDATION_DIR = "validation"
+EXPORT_FORMATS = ("diffusers", "single-file")  # what a merged model is exported as (oft.db.export)

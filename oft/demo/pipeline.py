@@ -20,7 +20,7 @@ import json
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -30,10 +30,10 @@ import torch
 
 from oft.common.files import atomic_write_bytes, atomic_write_json
 from oft.common.images import read_rgb, write_png
-from oft.common.options import option
 from oft.control import jobs
-from oft.control.checkpoint import FINAL_MODEL, build_initial, read_control
-from oft.control.config import Experiment, Sampling, Training
+from oft.control.checkpoint import build_initial, read_control
+from oft.control.config import FINAL_MODEL, Experiment, Sampling, Training
+from oft.demo.config import DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
 from oft.metrics.canny import canny_report
 from oft.metrics.folder import format_table, write_json
@@ -41,51 +41,11 @@ from oft.metrics.prompt import masked_adherence
 from oft.sd import load_sd
 from oft.specs import synthetic
 from oft.specs.layout import hint_path, result_path, source_path
-from oft.specs.sampling import DEMO
 
-DEFAULT_BASE = Path(__file__).with_name("tiny_base") / "tiny-base.safetensors"  # shipped with the package
 LORA_MODEL = "lora_final.safetensors"  # the LoRA run's trained adapter + hint encoder
 METHODS = ("base", "lora", "oft", "coft")
 LABELS = {"base": "base (no control)", "lora": "LoRA", "oft": "OFT", "coft": "COFT"}
 PLOT_COLOURS = {"lora": (220, 40, 40), "oft": (30, 90, 220), "coft": (40, 160, 40)}  # RGB
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Everything the demo runs with; the defaults take about 10 minutes on an idle 2-core CPU."""
-
-    out_dir: Path = option(Path("outputs/demo"), "output folder")
-    base: Path = option(
-        DEFAULT_BASE, "pretrained base (single-file SD checkpoint) [default: the shipped tiny base]"
-    )
-    steps: int = option(600, "optimizer steps per method (same for LoRA, OFT, COFT)")
-    batch_size: int = option(8, "training batch size")
-    lr: float = option(3e-3, "AdamW learning rate, all methods")
-    # Training timesteps drawn from [400, 900) instead of all 1000: with all of them the zero-initialised hint
-    # encoder barely moves in a CPU budget (its features stay at std 0.02 after 1,000 steps), since at low t
-    # the noisy latents already show the layout and at high t the ε-loss hardly depends on it.
-    timestep_range: tuple[int, int] = option(
-        (400, 900),
-        "training timesteps LO HI: drawn from [LO, HI) (train.py --timestep_range)",
-        metavar=("LO", "HI"),
-    )
-    r: int = option(4, "OFT blocks per layer")
-    eps: float = option(1e-3, "COFT eps")
-    resolution: int = option(64, "image size in pixels (multiple of 8)")
-    train_items: int = option(512, "synthetic training items")
-    val_items: int = option(32, "validation items sampled and evaluated")
-    sample_steps: int = option(DEMO.steps, "DDIM steps")
-    guidance: float = option(DEMO.guidance, "classifier-free guidance scale")
-    devices: int = option(1, "training devices (Lightning) and sampling workers")
-    threads: int | None = option(None, "torch threads per process")
-    seed: int = option(0, "seed of data, training and sampling")
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "val_items", "train_items", "sample_steps", "devices"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.resolution % 8:
-            raise ValueError(f"--resolution must be a multiple of 8, got {self.resolution}")
 
 
 def cpu_seconds() -> float:

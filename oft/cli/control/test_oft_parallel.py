@@ -19,9 +19,7 @@ from pathlib import Path
 
 from oft.cli.flags import add_options, flag_names, options_from
 from oft.cli.run import run_main
-from oft.control import jobs
-from oft.control.checkpoint import FINAL_MODEL
-from oft.control.config import Experiment, Sampling
+from oft.control.config import FINAL_MODEL, GENERATED_DIR, Experiment, Sampling
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         *flag_names("out_dir"),
         dest="out_dir",
         default=None,
-        help=f"where source/ hints/ results/ go [default: <run folder>/{jobs.GENERATED_DIR}]",
+        help=f"where source/ hints/ results/ go [default: <run folder>/{GENERATED_DIR}]",
     )
     args = p.parse_args(argv)
     args.experiment, args.sampling = options_from(Experiment, args, p), options_from(Sampling, args, p)
@@ -54,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> Path:
+    # the job pulls in Lightning and diffusers (~4 s): imported here so that --help and flag errors answer at once
+    from oft.control import jobs
+
     return jobs.sample(args.experiment, args.sampling, args.model, out_dir=args.out_dir, img_id=args.img_ID)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from oft.cli.control.runs import parse_run
 from oft.cli.run import run_main
 from oft.common.paths import models_root
-from oft.control import jobs
 from oft.control.config import Training
 
 
@@ -29,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> Path:
+    # the job pulls in Lightning and diffusers (~4 s): imported here so that --help and flag errors answer at once
+    from oft.control import jobs
+
     return jobs.train(args.experiment, args.training, args.model, stage="oft")
 
 

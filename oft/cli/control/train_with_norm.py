@@ -15,9 +15,7 @@ from pathlib import Path
 
 from oft.cli.control.runs import parse_run
 from oft.cli.run import run_main
-from oft.control import jobs
-from oft.control.checkpoint import FINAL_MODEL
-from oft.control.config import PostFit
+from oft.control.config import FINAL_MODEL, PostFit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> Path:
+    # the job pulls in Lightning and diffusers (~4 s): imported here so that --help and flag errors answer at once
+    from oft.control import jobs
+
     model = args.model or args.experiment.run_dir / FINAL_MODEL
     return jobs.train(args.experiment, args.training, model, stage="magnitude")
 

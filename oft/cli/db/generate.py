@@ -18,7 +18,6 @@ import torch
 from oft.cli.db.common import add_adapter_flags
 from oft.cli.run import run_main
 from oft.common.images import write_png
-from oft.db.export import load_with_adapter, to_pipeline
 from oft.specs.sampling import DREAMBOOTH_VALIDATION
 
 
@@ -47,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> list[Path]:
+    # the library call pulls in diffusers (~3 s): imported here so that --help and flag errors answer at once
+    from oft.db.export import load_with_adapter, to_pipeline
+
     dtype = torch.float16 if args.fp16 else torch.float32
     models, meta = load_with_adapter(args.base, args.adapter, merge=True, device=args.device, dtype=dtype)
     prompt = args.prompt or meta.get("validation_prompt")

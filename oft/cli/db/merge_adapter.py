@@ -15,7 +15,7 @@ from pathlib import Path
 
 from oft.cli.db.common import add_adapter_flags
 from oft.cli.run import run_main
-from oft.db.export import FORMATS, export_merged
+from oft.db.layout import EXPORT_FORMATS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,12 +25,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", required=True, help="output folder (diffusers) or .safetensors/.ckpt file (single-file)"
     )
     p.add_argument(
-        "--format", choices=FORMATS, default="diffusers", help="diffusers folder or one LDM-layout file"
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="diffusers",
+        help="diffusers folder or one LDM-layout file",
     )
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> Path:
+    # the library call pulls in diffusers (~3 s): imported here so that --help and flag errors answer at once
+    from oft.db.export import export_merged
+
     path = export_merged(args.base, args.adapter, args.output, args.format)
     print(f"wrote {path}")
     return path

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import MISSING, asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from oft.cli.db.common import add_benchmark_folders
+from oft.cli.flags import add_options
 from oft.cli.run import run_main
 from oft.common.paths import data_root
-from oft.db.config import DreamBoothConfig, config_fields
+from oft.db.config import DreamBoothConfig
 from oft.db.runs import describe_run, run_settings
-from oft.db.train import train
 from oft.specs.benchmark import read_table
 
 
@@ -44,36 +44,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument(
         "--dry-run", action="store_true", help="print the run's settings and exit without training"
     )
-    add_config_flags(parser.add_argument_group("training options (defaults: the reference's)"))
+    add_options(parser.add_argument_group("training options (defaults: the reference's)"), DreamBoothConfig)
     return parser.parse_args(argv)
 
 
-def add_config_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per ``DreamBoothConfig`` field, its help from the field: ``--name``, or ``--name/--no-name``."""
-    for f in config_fields():
-        default = f.default if f.default is not MISSING else None
-        if isinstance(default, bool):
-            group.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"]
-            )
-        else:
-            group.add_argument(
-                f"--{f.name}",
-                type=type(default),
-                default=default,
-                help=f"{f.metadata['help']} (default: {default})",
-            )
-
-
 def main(args: argparse.Namespace) -> Path | None:
-    values = {f.name: getattr(args, f.name) for f in config_fields()}
+    values = {f.name: getattr(args, f.name) for f in fields(DreamBoothConfig)}
     extra = {}
     if args.run is not None:
         root = data_root(args.data_root)
         run, settings = run_settings(
             args.run, read_table(root / "dreambooth"), root, args.output_root, args.class_root
         )
-        defaults = {f.name: f.default for f in config_fields()}
+        defaults = {f.name: f.default for f in fields(DreamBoothConfig)}
         explicit = {k: v for k, v in values.items() if v != defaults[k]}
         values = {**values, **settings, **explicit}  # flags given on the command line win
         extra = {
@@ -89,6 +72,9 @@ def main(args: argparse.Namespace) -> Path | None:
     if args.dry_run:
         print("\n".join(f"{k}: {v}" for k, v in asdict(cfg).items()))
         return None
+    # the library call pulls in diffusers (~3 s): imported here so that --help and flag errors answer at once
+    from oft.db.train import train
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return train(cfg, extra)
 
