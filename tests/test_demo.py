@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import cv2
@@ -84,42 +85,43 @@ DEMO_ARGV = ["--steps", "3", "--val_items", "3", "--sample_steps", "2", "--resol
 
 
 def installed_copy(tmp_path: Path) -> Path:
-    """``pip install .`` (not editable, no dependencies: the venv has them) of a copy of the checkout into
-    ``<tmp>/site``: the package as a user gets it, with its console commands in ``<tmp>/site/bin``."""
+    """A fresh venv outside the checkout with the project installed from its wheel (``pip install .``, not
+    editable) as a user gets it: console commands in ``<venv>/bin``, the tiny base as package data. Its
+    dependencies come from the running environment through one .pth line (installing torch again would take
+    minutes); the project itself only from the wheel."""
     skip = shutil.ignore_patterns(".*", "outputs", "data", "models", "build", "*.egg-info", "__pycache__")
-    source = shutil.copytree(REPO, tmp_path / "source", ignore=skip)
-    site = tmp_path / "site"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-build-isolation",
-        "--target",
-        str(site),
-    ]
-    subprocess.run([*cmd, str(source)], check=True, capture_output=True, timeout=300)
-    return site
+    source, wheels, venv = (
+        shutil.copytree(REPO, tmp_path / "source", ignore=skip),
+        tmp_path / "wheels",
+        tmp_path / "venv",
+    )
+    pip = [sys.executable, "-m", "pip"]
+    for cmd in ([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+                [sys.executable, "-m", "venv", "--without-pip", str(venv)]):  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    install = [*pip, "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", "--no-index"]
+    subprocess.run([*install, *map(str, wheels.glob("*.whl"))], check=True, capture_output=True, timeout=300)
+    return venv
 
 
 @pytest.mark.slow
 def test_installed_demo_command_writes_every_artefact_and_a_rerun_reuses_its_stages(tmp_path, capsys):
-    site, elsewhere, out = installed_copy(tmp_path), tmp_path / "elsewhere", tmp_path / "demo"
+    venv, elsewhere, out = installed_copy(tmp_path), tmp_path / "elsewhere", tmp_path / "demo"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
-    where = subprocess.run([sys.executable, "-c", "import oft; print(oft.__file__)"], env=env, cwd=elsewhere,
-                           capture_output=True, text=True, check=True)  # fmt: skip
-    assert Path(where.stdout.strip()).is_relative_to(site)  # the installed package, not the checkout
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import oft; print(oft.__file__)"], env=env,
+                           cwd=elsewhere, capture_output=True, text=True, check=True)  # fmt: skip
+    assert Path(where.stdout.strip()).is_relative_to(venv)  # the installed package, not the checkout
     # the default base: the tiny base shipped as package data
-    run = subprocess.run([str(site / "bin" / "oft-demo"), *DEMO_ARGV, "--out_dir", str(out)], env=env,
+    run = subprocess.run([str(venv / "bin" / "oft-demo"), *DEMO_ARGV, "--out_dir", str(out)], env=env,
                          cwd=elsewhere, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert all(label in run.stdout for label in ("base (no control)", "LoRA", "OFT", "COFT", "canny F1"))
 
     saved = json.loads((out / "results.json").read_text())
-    assert Path(saved["config"]["base"]).is_relative_to(site)
+    assert Path(saved["config"]["base"]).is_relative_to(venv)
     assert set(saved["methods"]) == set(METHODS)
     assert saved["config"]["timestep_range"] == [100, 200]
     demo = Demo(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]).config)

@@ -37,6 +37,12 @@ from oft.control.inference import generate
 from oft.control.model import LOADED_FROM, ControlOFT
 
 LAST = "last.ckpt"
+CHECKPOINTS, LOGS, SAMPLES, CSV_LOGS = (
+    "checkpoints",
+    "logs",
+    "samples",
+    "csv",
+)  # in the run folder: last.ckpt, logs/{tensorboard,csv}/, grids
 START_OVER = "start over with --resume none"
 
 
@@ -221,7 +227,7 @@ class SampleGrid(Callback):
         )
         rows = torch.cat([self.batch["hint"], (self.batch["jpg"] + 1) / 2, images.float()])
         grid = make_grid(rows, nrow=n)
-        write_png(self.out_dir / "samples" / f"step_{step:07d}.png", grid)
+        write_png(self.out_dir / SAMPLES / f"step_{step:07d}.png", grid)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, step)
@@ -239,7 +245,7 @@ def fit(
     ``Training.for_task``), in the run folder ``out_dir``, resuming from ``cfg.resume``."""
     if cfg.epochs is None or cfg.batch_size is None:
         raise ValueError("fit needs the epochs and batch size: pass Training.for_task(experiment)")
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir = out_dir / CHECKPOINTS
     candidates = resume_candidates(cfg.resume, ckpt_dir)
     if cfg.resume == "auto" and candidates and candidates[0].name != LAST:
         _warn(f"{ckpt_dir / LAST} is missing (a kill interrupted a save); resuming from {candidates[0].name}")
@@ -258,7 +264,7 @@ def fit(
     if cfg.sample_every and sample_dataset is not None:
         callbacks.append(SampleGrid(sample_dataset, out_dir, cfg.sample_every, cfg.sample_steps))
     # logs/{tensorboard,csv}/version_N, one N per (re)start: a resumed run adds a folder, overwrites nothing
-    tensorboard = TensorBoardLogger(out_dir / "logs", name="tensorboard")
+    tensorboard = TensorBoardLogger(out_dir / LOGS, name="tensorboard")
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -269,7 +275,7 @@ def fit(
         max_steps=cfg.max_steps,
         log_every_n_steps=cfg.log_every,
         callbacks=callbacks,
-        logger=[tensorboard, CSVLogger(out_dir / "logs", name="csv", version=tensorboard.version)],
+        logger=[tensorboard, CSVLogger(out_dir / LOGS, name=CSV_LOGS, version=tensorboard.version)],
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler
         enable_model_summary=False,
         default_root_dir=out_dir,

@@ -33,6 +33,7 @@ from oft.common.images import read_rgb, write_png
 from oft.control import jobs
 from oft.control.checkpoint import build_initial, read_control
 from oft.control.config import FINAL_MODEL, Experiment, Sampling, Training
+from oft.control.training import CSV_LOGS, LOGS
 from oft.demo.config import DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
 from oft.metrics.canny import canny_report
@@ -268,7 +269,7 @@ def format_results(results: dict) -> str:
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of every ``train/loss`` row in the run's CSV logs (all versions: resumed runs append one)."""
     points = {}
-    for f in sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv")):
+    for f in sorted((run_dir / LOGS / CSV_LOGS).glob("version_*/metrics.csv")):
         with f.open() as fh:
             for row in csv.DictReader(fh):
                 if row.get("train/loss"):
