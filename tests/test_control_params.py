@@ -2,8 +2,17 @@
 
 import pytest
 
+import oft_layers
 from oft.cli.control import tool_add_control_oft as tool_add_control_oft_cli
-from oft.control.params import PAPER_TABLE3, UNUSED_TIME_MLP, count_control_parameters
+from oft.control.checkpoint import new_control_model
+from oft.control.params import (
+    PAPER_TABLE3,
+    UNUSED_TIME_MLP,
+    count_control_parameters,
+    paper_proportions,
+    proportions,
+)
+from oft.sd import build_sd
 
 
 def _tool():
@@ -42,3 +51,20 @@ def test_flags_are_checked():
         tool.parse_args(["--count-only", "--r", "0"])
     with pytest.raises(SystemExit):  # building a model takes one r
         tool.parse_args(["--r", "2", "4"])
+
+
+def test_proportions_of_the_paper_and_of_the_tiny_preset():
+    """SD1.5 at r = 4: 13.1 M rotation DOF beside a 1.09 M hint encoder (12 : 1), and COFT's narrowest block
+    (b = 80) on a radius eps·b²/√r = 3.2, i.e. 0.04 per row at eps = 1e-3. The tiny preset inverts the first
+    (the hint encoder keeps SD1.5's channels) and gives COFT a tenth of the per-row budget (b = 8)."""
+    paper = paper_proportions(4, 1e-3)
+    assert (paper.adapter, paper.hint_encoder, paper.block) == (PAPER_TABLE3[4][0], 1_086_480, 80)
+    assert paper.radius == pytest.approx(3.2) and paper.per_entry_budget == pytest.approx(0.04)
+    assert paper.adapter_to_hint == pytest.approx(13_144_928 / 1_086_480)
+    cm = new_control_model(build_sd("tiny"), r=4, eps=1e-3, coft=True, block_share=False)
+    tiny = proportions(cm.sd.unet, cm.hint, 1e-3)
+    assert (tiny.adapter, tiny.block) == (oft_layers.count_trainable(cm.sd.unet), 8)
+    assert tiny.hint_encoder == sum(p.numel() for p in cm.hint.parameters()) == 422_640
+    assert tiny.per_entry_budget == pytest.approx(1e-3 * 8 / 2) and tiny.adapter_to_hint < 1 / 50
+    shared = new_control_model(build_sd("tiny"), r=4, eps=1e-3, coft=True, block_share=True)
+    assert proportions(shared.sd.unet, shared.hint, 1e-3).adapter == tiny.adapter // 4  # one block per layer

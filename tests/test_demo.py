@@ -124,6 +124,10 @@ def test_installed_demo_command_writes_every_artefact_and_a_rerun_reuses_its_sta
     assert Path(saved["config"]["base"]).is_relative_to(venv)
     assert set(saved["methods"]) == set(METHODS)
     assert saved["config"]["timestep_range"] == [100, 200]
+    toy, sd15 = saved["proportions"]["toy"], saved["proportions"]["sd15"]
+    assert (sd15["adapter"], sd15["hint_encoder"], sd15["block"]) == (13_144_928, 1_086_480, 80)
+    assert toy["adapter"] == saved["methods"]["coft"]["parameters"]["adapter"] and toy["block"] == 8
+    assert toy["per_entry_budget"] == pytest.approx(toy["eps"] * 8 / 2) and "per entry" in run.stdout
     demo = Demo(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]).config)
     for m in ("lora", "oft", "coft"):  # every method trained on the same timesteps
         hparams = (out / "runs" / m / "logs" / "csv" / "version_0" / "hparams.yaml").read_text()

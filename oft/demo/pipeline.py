@@ -31,8 +31,9 @@ import torch
 from oft.common.files import atomic_write_bytes, atomic_write_json
 from oft.common.images import read_rgb, write_png
 from oft.control import jobs
-from oft.control.checkpoint import build_initial, read_control
+from oft.control.checkpoint import build_initial, load_control, read_control
 from oft.control.config import FINAL_MODEL, Experiment, Sampling, Training
+from oft.control.params import paper_proportions, proportions
 from oft.control.training import CSV_LOGS, LOGS
 from oft.demo.config import DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
@@ -217,6 +218,16 @@ class Demo:
             "coft": {"adapter": oft_dof, "hint": hint},
         }
 
+    def proportions(self) -> dict[str, dict[str, float]]:
+        """The toy's and SD1.5's ``Proportions`` at this r and eps: adapter vs hint encoder, COFT's budget."""
+        cm = load_control(self.init_file("coft"))
+        out = {}
+        for where, p in (("toy", proportions(cm.sd.unet, cm.hint, self.cfg.eps)),
+                         ("sd15", paper_proportions(self.cfg.r, self.cfg.eps))):  # fmt: skip
+            out[where] = {**asdict(p), "adapter_to_hint": p.adapter_to_hint, "radius": p.radius,
+                          "per_entry_budget": p.per_entry_budget}  # fmt: skip
+        return out
+
     def run(self) -> dict:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -232,6 +243,7 @@ class Demo:
         results = {
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
             "methods": {m: {**metrics[m], "parameters": params[m]} for m in METHODS},
+            "proportions": self.proportions(),
             "timings": self.timings,
             "this_invocation": {
                 "wall_s": time.perf_counter() - start_wall,
@@ -247,6 +259,7 @@ class Demo:
             loss_plot({m: read_losses(self.run_dir(m)) for m in ("lora", "oft", "coft")}),
         )
         print(table)
+        print(format_proportions(results["proportions"]))
         print(f"[demo] wrote {self.out / 'results.json'}, {self.out / 'grid.png'}, {self.out / 'loss.png'}")
         return results
 
@@ -264,6 +277,18 @@ def format_results(results: dict) -> str:
     header = ("method", "canny IoU", "canny F1", "shape colour", "bg colour", "adapter params", "hint params",
               "train wall / CPU s")  # fmt: skip
     return format_table(header, rows)
+
+
+def format_proportions(props: dict[str, dict[str, float]]) -> str:
+    """Two lines comparing the toy with SD1.5 on what the paper's claims depend on."""
+    toy, sd = props["toy"], props["sd15"]
+    return (
+        f"adapter : hint encoder = {toy['adapter']:,} : {toy['hint_encoder']:,} ({toy['adapter_to_hint']:.3f}); "
+        f"SD1.5 at r={sd['r']}: {sd['adapter']:,} : {sd['hint_encoder']:,} ({sd['adapter_to_hint']:.1f})\n"
+        f"COFT at eps={toy['eps']:g}: narrowest block b={toy['block']}, radius {toy['radius']:.3g}, "
+        f"{toy['per_entry_budget']:.3g} per entry; SD1.5: b={sd['block']}, radius {sd['radius']:.3g}, "
+        f"{sd['per_entry_budget']:.3g} per entry"
+    )
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:

@@ -23,6 +23,7 @@ from scipy import linalg
 from tqdm import tqdm
 
 from oft.common.images import read_rgb
+from oft.common.paths import models_root
 from oft.common.safe_load import load_error_line
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -82,8 +83,6 @@ def load_inception(path: str | os.PathLike | None = None, device: str = "cpu") -
 
     Missing -> one ``FileNotFoundError`` line naming the file and the URL pytorch-fid downloads it from.
     """
-    from oft.common.paths import models_root
-
     candidates = [Path(path)] if path else [
         models_root() / INCEPTION_FILE, Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     ]  # fmt: skip

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from oft.common.images import read_rgb
+from oft.common.paths import models_root
 
 NUM_CLASSES = 150
 IGNORE_INDEX = 255
@@ -132,9 +133,7 @@ def load_segformer(model: str | os.PathLike | None = None, device: str = "cpu") 
     ``model`` None tries ``models/segformer-b4-finetuned-ade-512-512`` and then the hub cache; nothing is
     downloaded. Missing -> one ``FileNotFoundError`` line saying what to download and where to put it.
     """
-    from transformers import SegformerForSemanticSegmentation
-
-    from oft.common.paths import models_root
+    from transformers import SegformerForSemanticSegmentation  # ~2 s: only when the real model is loaded
 
     default = models_root() / SEGFORMER_ID.split("/")[1]
     source = str(model) if model is not None else str(default) if default.is_dir() else SEGFORMER_ID

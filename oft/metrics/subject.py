@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from oft.sd.tokenizer import build_tokenizer
+
 DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 LPIPS_NET = "vgg"
@@ -163,10 +165,8 @@ def load_subject_metrics(
 ) -> SubjectMetrics:
     """The real networks, from local folders or the Hugging Face cache (no download is attempted when
     ``HF_HUB_OFFLINE=1``); a missing one gives one line naming it and how to get it."""
-    import lpips
+    import lpips  # optional (the eval extra) and slow to import: only when the real networks are loaded
     from transformers import AutoImageProcessor, CLIPModel, ViTModel
-
-    from oft.sd.tokenizer import build_tokenizer
 
     dino_model = _pretrained(
         lambda n: ViTModel.from_pretrained(n, add_pooling_layer=False), dino, "DINO ViT-S/16", "--dino"
