@@ -20,7 +20,8 @@ from oft.control.checkpoint import build_initial
 from oft.demo.base import PretrainConfig, calibrate_latent_scale, train_unet, validation_images
 from oft.demo.config import DEFAULT_BASE, DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, lora_modules, lora_parameters_per_rank, matched_rank
-from oft.demo.pipeline import METHODS, Demo, read_losses
+from oft.demo.pipeline import Demo
+from oft.demo.report import METHODS, read_losses
 from oft.sd import build_sd, load_sd
 from tests.helpers import REPO
 from tests.helpers.control import tiny_sd_file
@@ -128,6 +129,11 @@ def test_installed_demo_command_writes_every_artefact_and_a_rerun_reuses_its_sta
     assert (sd15["adapter"], sd15["hint_encoder"], sd15["block"]) == (13_144_928, 1_086_480, 80)
     assert toy["adapter"] == saved["methods"]["coft"]["parameters"]["adapter"] and toy["block"] == 8
     assert toy["per_entry_budget"] == pytest.approx(toy["eps"] * 8 / 2) and "per entry" in run.stdout
+    energy = saved["energy_change"]
+    assert set(energy) == {"lora", "oft", "coft"} and all(e["layers"] == 36 for e in energy.values())
+    rotations = tol(torch.float32, 16, worst_case=True)["rtol"]  # as tests/test_metrics_energy.py
+    assert energy["oft"]["max"] <= rotations and energy["coft"]["max"] <= rotations
+    assert "hyperspherical energy" in run.stdout
     demo = Demo(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]).config)
     for m in ("lora", "oft", "coft"):  # every method trained on the same timesteps
         hparams = (out / "runs" / m / "logs" / "csv" / "version_0" / "hparams.yaml").read_text()

@@ -19,8 +19,10 @@ from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID
 from oft.specs.synthetic import HINT_KINDS
 from oft.specs.tasks import TASKS, get_task
 
-# The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/, logs/, samples/ of train.py, then
+# The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/last.ckpt, logs/{tensorboard,csv}/ and samples/
+# (the grids) of train.py, then
 RUNS_ROOT = Path("outputs/control")
+CHECKPOINTS, LOGS, CSV_LOGS, SAMPLES = "checkpoints", "logs", "csv", "samples"
 FINAL_MODEL = "control_final.safetensors"  # train.py's trained model
 NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
 NORM_DIR = "norm"  # post-fitting's checkpoints/ and logs/

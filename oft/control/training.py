@@ -31,18 +31,12 @@ from torchvision.utils import make_grid
 from oft.common.files import atomic_torch_save, temporaries
 from oft.common.images import write_png
 from oft.common.safe_load import load_error_line
-from oft.control.config import Training
+from oft.control.config import CHECKPOINTS, CSV_LOGS, LOGS, SAMPLES, Training
 from oft.control.data import collate
 from oft.control.inference import generate
 from oft.control.model import LOADED_FROM, ControlOFT
 
 LAST = "last.ckpt"
-CHECKPOINTS, LOGS, SAMPLES, CSV_LOGS = (
-    "checkpoints",
-    "logs",
-    "samples",
-    "csv",
-)  # in the run folder: last.ckpt, logs/{tensorboard,csv}/, grids
 START_OVER = "start over with --resume none"
 
 

@@ -15,7 +15,6 @@ Stages, each reused on re-run (its output file is its done-marker; trainings res
 
 from __future__ import annotations
 
-import csv
 import json
 import resource
 import time
@@ -24,30 +23,35 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
+import oft_layers
 from oft.common.files import atomic_write_bytes, atomic_write_json
 from oft.common.images import read_rgb, write_png
 from oft.control import jobs
 from oft.control.checkpoint import build_initial, load_control, read_control
 from oft.control.config import FINAL_MODEL, Experiment, Sampling, Training
 from oft.control.params import paper_proportions, proportions
-from oft.control.training import CSV_LOGS, LOGS
 from oft.demo.config import DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
+from oft.demo.report import (
+    METHODS,
+    format_energy,
+    format_proportions,
+    format_results,
+    image_grid,
+    loss_plot,
+    read_losses,
+)
 from oft.metrics.canny import canny_report
-from oft.metrics.folder import format_table, write_json
+from oft.metrics.energy import effective_weights, energy_changes, summarize
+from oft.metrics.folder import write_json
 from oft.metrics.prompt import masked_adherence
 from oft.sd import load_sd
 from oft.specs import synthetic
-from oft.specs.layout import hint_path, result_path, source_path
+from oft.specs.layout import result_path
 
 LORA_MODEL = "lora_final.safetensors"  # the LoRA run's trained adapter + hint encoder
-METHODS = ("base", "lora", "oft", "coft")
-LABELS = {"base": "base (no control)", "lora": "LoRA", "oft": "OFT", "coft": "COFT"}
-PLOT_COLOURS = {"lora": (220, 40, 40), "oft": (30, 90, 220), "coft": (40, 160, 40)}  # RGB
 
 
 def cpu_seconds() -> float:
@@ -228,6 +232,22 @@ class Demo:
                           "per_entry_budget": p.per_entry_budget}  # fmt: skip
         return out
 
+    def energy(self) -> dict[str, dict[str, float]]:
+        """Per trained method, how much every adapted layer's hyperspherical energy moved from the base's
+        (relative; ``oft.metrics.energy``): rounding for OFT and COFT, LoRA's for comparison."""
+        init = load_control(self.init_file("oft"))  # R = 0: exactly the base weights
+        names = [name for name, _ in oft_layers.oft_modules(init.sd.unet)]
+        base = effective_weights(init.sd.unet, names)
+        trained = {
+            "lora": load_lora_control(self.final_file("lora"), str(self.cfg.base)),
+            "oft": load_control(self.final_file("oft")),
+            "coft": load_control(self.final_file("coft")),
+        }
+        return {
+            m: summarize(energy_changes(base, effective_weights(cm.sd.unet, names)))
+            for m, cm in trained.items()
+        }
+
     def run(self) -> dict:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
@@ -244,6 +264,7 @@ class Demo:
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
             "methods": {m: {**metrics[m], "parameters": params[m]} for m in METHODS},
             "proportions": self.proportions(),
+            "energy_change": self.energy(),
             "timings": self.timings,
             "this_invocation": {
                 "wall_s": time.perf_counter() - start_wall,
@@ -253,123 +274,16 @@ class Demo:
         atomic_write_json(self.out / "results.json", results)
         table = format_results(results)
         atomic_write_bytes(self.out / "results.md", (table + "\n").encode())
-        write_png(self.out / "grid.png", image_grid(self, range(min(6, self.cfg.val_items))))
+        folders = {m: self.samples_dir(m) for m in METHODS}
+        write_png(
+            self.out / "grid.png", image_grid(folders, self.cfg.resolution, range(min(6, self.cfg.val_items)))
+        )
         write_png(
             self.out / "loss.png",
             loss_plot({m: read_losses(self.run_dir(m)) for m in ("lora", "oft", "coft")}),
         )
         print(table)
         print(format_proportions(results["proportions"]))
+        print(format_energy(results["energy_change"]))
         print(f"[demo] wrote {self.out / 'results.json'}, {self.out / 'grid.png'}, {self.out / 'loss.png'}")
         return results
-
-
-def format_results(results: dict) -> str:
-    """The demo's table: canny IoU/F1, prompt adherence, trainable parameters and training time per method."""
-    rows = []
-    for m, r in results["methods"].items():
-        p = r["parameters"]
-        t = results["timings"].get(f"train {m}")
-        adapter = f"{p['adapter']:,}" + (f" (rank {p['rank']})" if "rank" in p else "")
-        rows.append((LABELS[m], f"{r['iou']:.3f}", f"{r['f1']:.3f}", f"{r['prompt']['shape_colour']:.2f}",
-                     f"{r['prompt']['background_colour']:.2f}", adapter, f"{p['hint']:,}",
-                     "-" if t is None else f"{t['wall_s']:.0f} / {t['cpu_s']:.0f}"))  # fmt: skip
-    header = ("method", "canny IoU", "canny F1", "shape colour", "bg colour", "adapter params", "hint params",
-              "train wall / CPU s")  # fmt: skip
-    return format_table(header, rows)
-
-
-def format_proportions(props: dict[str, dict[str, float]]) -> str:
-    """Two lines comparing the toy with SD1.5 on what the paper's claims depend on."""
-    toy, sd = props["toy"], props["sd15"]
-    return (
-        f"adapter : hint encoder = {toy['adapter']:,} : {toy['hint_encoder']:,} ({toy['adapter_to_hint']:.3f}); "
-        f"SD1.5 at r={sd['r']}: {sd['adapter']:,} : {sd['hint_encoder']:,} ({sd['adapter_to_hint']:.1f})\n"
-        f"COFT at eps={toy['eps']:g}: narrowest block b={toy['block']}, radius {toy['radius']:.3g}, "
-        f"{toy['per_entry_budget']:.3g} per entry; SD1.5: b={sd['block']}, radius {sd['radius']:.3g}, "
-        f"{sd['per_entry_budget']:.3g} per entry"
-    )
-
-
-def read_losses(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, loss) of every ``train/loss`` row in the run's CSV logs (all versions: resumed runs append one)."""
-    points = {}
-    for f in sorted((run_dir / LOGS / CSV_LOGS).glob("version_*/metrics.csv")):
-        with f.open() as fh:
-            for row in csv.DictReader(fh):
-                if row.get("train/loss"):
-                    points[int(row["step"])] = float(row["train/loss"])
-    return sorted(points.items())
-
-
-def image_grid(demo: Demo, indices) -> np.ndarray:
-    """Rows: one validation item each; columns: hint | target | base | LoRA | OFT | COFT (uint8 RGB, labelled)."""
-    size, pad = demo.cfg.resolution, 2
-    cols = ["hint", "target", *METHODS]
-    scale = max(1, 96 // size)
-    cell = size * scale
-    header = 16
-    grid = np.full((header + len(indices) * (cell + pad), len(cols) * (cell + pad), 3), 255, np.uint8)
-    for c, name in enumerate(cols):
-        cv2.putText(
-            grid,
-            LABELS.get(name, name).split(" ")[0],
-            (c * (cell + pad) + 2, 12),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.4,
-            (0, 0, 0),
-            1,
-        )
-    for r, i in enumerate(indices):
-        files = [hint_path(demo.samples_dir("base"), i), source_path(demo.samples_dir("base"), i)]
-        files += [result_path(demo.samples_dir(m), i, 0) for m in METHODS]
-        for c, f in enumerate(files):
-            img = cv2.resize(read_rgb(f), (cell, cell), interpolation=cv2.INTER_NEAREST)
-            y, x = header + r * (cell + pad), c * (cell + pad)
-            grid[y : y + cell, x : x + cell] = img
-    return grid
-
-
-def _moving_average(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of each ``k`` consecutive points (no padding, so the ends are not pulled towards zero)."""
-    if len(y) < k:
-        return x, y
-    return x[k // 2 : len(x) - (k - 1) // 2], np.convolve(y, np.ones(k) / k, mode="valid")
-
-
-def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, height: int = 360) -> np.ndarray:
-    """Training-loss curves (moving average over 5 logged points) as an (H, W, 3) uint8 RGB plot."""
-    img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 50, 15, 25, 30
-    series = {m: np.array(c, float) for m, c in curves.items() if c}
-    if not series:
-        return img
-    smooth = {m: _moving_average(s[:, 0], s[:, 1], 5) for m, s in series.items()}
-    xmax = max(x.max() for x, _ in smooth.values()) or 1
-    ymin = min(y.min() for _, y in smooth.values())
-    ymax = max(y.max() for _, y in smooth.values())
-    yr = (ymax - ymin) or 1.0
-
-    def to_px(x: float, y: float) -> tuple[int, int]:
-        return int(left + x / xmax * (width - left - right)), int(
-            top + (ymax - y) / yr * (height - top - bottom)
-        )
-
-    cv2.rectangle(img, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
-    for v in (ymin, (ymin + ymax) / 2, ymax):
-        cv2.putText(img, f"{v:.3f}", (2, to_px(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(
-        img,
-        f"step (0..{int(xmax)})   training eps-MSE, smoothed",
-        (left, height - 10),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.4,
-        (0, 0, 0),
-        1,
-    )
-    for k, (m, (x, y)) in enumerate(smooth.items()):
-        rgb = PLOT_COLOURS[m]
-        pts = np.array([to_px(a, b) for a, b in zip(x, y)], np.int32)
-        cv2.polylines(img, [pts], False, rgb, 1, cv2.LINE_AA)
-        cv2.putText(img, LABELS[m], (left + 10 + 70 * k, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, rgb, 1)
-    return img

@@ -1,0 +1,137 @@
+"""The demo's outputs: the results table, the proportions and energy lines, the image grid and the loss plot."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from oft.common.images import read_rgb
+from oft.control.config import CSV_LOGS, LOGS
+from oft.metrics.folder import format_table
+from oft.specs.layout import hint_path, result_path, source_path
+
+METHODS = ("base", "lora", "oft", "coft")
+LABELS = {"base": "base (no control)", "lora": "LoRA", "oft": "OFT", "coft": "COFT"}
+PLOT_COLOURS = {"lora": (220, 40, 40), "oft": (30, 90, 220), "coft": (40, 160, 40)}  # RGB
+
+
+def format_results(results: dict) -> str:
+    """The demo's table: canny IoU/F1, prompt adherence, trainable parameters and training time per method."""
+    rows = []
+    for m, r in results["methods"].items():
+        p = r["parameters"]
+        t = results["timings"].get(f"train {m}")
+        adapter = f"{p['adapter']:,}" + (f" (rank {p['rank']})" if "rank" in p else "")
+        rows.append((LABELS[m], f"{r['iou']:.3f}", f"{r['f1']:.3f}", f"{r['prompt']['shape_colour']:.2f}",
+                     f"{r['prompt']['background_colour']:.2f}", adapter, f"{p['hint']:,}",
+                     "-" if t is None else f"{t['wall_s']:.0f} / {t['cpu_s']:.0f}"))  # fmt: skip
+    header = ("method", "canny IoU", "canny F1", "shape colour", "bg colour", "adapter params", "hint params",
+              "train wall / CPU s")  # fmt: skip
+    return format_table(header, rows)
+
+
+def format_proportions(props: dict[str, dict[str, float]]) -> str:
+    """Two lines comparing the toy with SD1.5 on what the paper's claims depend on."""
+    toy, sd = props["toy"], props["sd15"]
+    return (
+        f"adapter : hint encoder = {toy['adapter']:,} : {toy['hint_encoder']:,} ({toy['adapter_to_hint']:.3f}); "
+        f"SD1.5 at r={sd['r']}: {sd['adapter']:,} : {sd['hint_encoder']:,} ({sd['adapter_to_hint']:.1f})\n"
+        f"COFT at eps={toy['eps']:g}: narrowest block b={toy['block']}, radius {toy['radius']:.3g}, "
+        f"{toy['per_entry_budget']:.3g} per entry; SD1.5: b={sd['block']}, radius {sd['radius']:.3g}, "
+        f"{sd['per_entry_budget']:.3g} per entry"
+    )
+
+
+def format_energy(changes: dict[str, dict[str, float]]) -> str:
+    """One line: the largest relative change of an adapted layer's hyperspherical energy, per method."""
+    shown = ", ".join(f"{LABELS[m]} {c['max']:.1e}" for m, c in changes.items())
+    layers = next(iter(changes.values()))["layers"]
+    return f"hyperspherical energy, largest relative change over the {layers} adapted layers: {shown}"
+
+
+def read_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every ``train/loss`` row in the run's CSV logs (all versions: resumed runs append one)."""
+    points = {}
+    for f in sorted((run_dir / LOGS / CSV_LOGS).glob("version_*/metrics.csv")):
+        with f.open() as fh:
+            for row in csv.DictReader(fh):
+                if row.get("train/loss"):
+                    points[int(row["step"])] = float(row["train/loss"])
+    return sorted(points.items())
+
+
+def image_grid(folders: dict[str, Path], size: int, indices) -> np.ndarray:
+    """Rows: one validation item each; columns: hint | target | base | LoRA | OFT | COFT (uint8 RGB, labelled),
+    from each method's sample folder in ``folders`` (hint and target from the base's)."""
+    pad = 2
+    cols = ["hint", "target", *METHODS]
+    scale = max(1, 96 // size)
+    cell = size * scale
+    header = 16
+    grid = np.full((header + len(indices) * (cell + pad), len(cols) * (cell + pad), 3), 255, np.uint8)
+    for c, name in enumerate(cols):
+        cv2.putText(
+            grid,
+            LABELS.get(name, name).split(" ")[0],
+            (c * (cell + pad) + 2, 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+        )
+    for r, i in enumerate(indices):
+        files = [hint_path(folders["base"], i), source_path(folders["base"], i)]
+        files += [result_path(folders[m], i, 0) for m in METHODS]
+        for c, f in enumerate(files):
+            img = cv2.resize(read_rgb(f), (cell, cell), interpolation=cv2.INTER_NEAREST)
+            y, x = header + r * (cell + pad), c * (cell + pad)
+            grid[y : y + cell, x : x + cell] = img
+    return grid
+
+
+def _moving_average(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of each ``k`` consecutive points (no padding, so the ends are not pulled towards zero)."""
+    if len(y) < k:
+        return x, y
+    return x[k // 2 : len(x) - (k - 1) // 2], np.convolve(y, np.ones(k) / k, mode="valid")
+
+
+def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, height: int = 360) -> np.ndarray:
+    """Training-loss curves (moving average over 5 logged points) as an (H, W, 3) uint8 RGB plot."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 50, 15, 25, 30
+    series = {m: np.array(c, float) for m, c in curves.items() if c}
+    if not series:
+        return img
+    smooth = {m: _moving_average(s[:, 0], s[:, 1], 5) for m, s in series.items()}
+    xmax = max(x.max() for x, _ in smooth.values()) or 1
+    ymin = min(y.min() for _, y in smooth.values())
+    ymax = max(y.max() for _, y in smooth.values())
+    yr = (ymax - ymin) or 1.0
+
+    def to_px(x: float, y: float) -> tuple[int, int]:
+        return int(left + x / xmax * (width - left - right)), int(
+            top + (ymax - y) / yr * (height - top - bottom)
+        )
+
+    cv2.rectangle(img, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
+    for v in (ymin, (ymin + ymax) / 2, ymax):
+        cv2.putText(img, f"{v:.3f}", (2, to_px(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    cv2.putText(
+        img,
+        f"step (0..{int(xmax)})   training eps-MSE, smoothed",
+        (left, height - 10),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.4,
+        (0, 0, 0),
+        1,
+    )
+    for k, (m, (x, y)) in enumerate(smooth.items()):
+        rgb = PLOT_COLOURS[m]
+        pts = np.array([to_px(a, b) for a, b in zip(x, y)], np.int32)
+        cv2.polylines(img, [pts], False, rgb, 1, cv2.LINE_AA)
+        cv2.putText(img, LABELS[m], (left + 10 + 70 * k, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, rgb, 1)
+    return img
