@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -82,7 +83,7 @@ def test_lora_baseline_starts_at_the_base_counts_its_parameters_and_merges_exact
 
 
 DEMO_ARGV = ["--steps", "3", "--val_items", "3", "--sample_steps", "2", "--resolution", "32", "--train_items", "8",
-             "--batch_size", "2", "--threads", "1", "--timestep_range", "100", "200"]  # fmt: skip
+             "--batch_size", "2", "--threads", "1", "--timestep_range", "100", "200", "--seeds", "2"]  # fmt: skip
 
 
 def installed_copy(tmp_path: Path) -> Path:
@@ -135,14 +136,29 @@ def test_installed_demo_command_writes_every_artefact_and_a_rerun_reuses_its_sta
     assert energy["oft"]["max"] <= rotations and energy["coft"]["max"] <= rotations
     assert "hyperspherical energy" in run.stdout
     demo = Demo(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]).config)
-    for m in ("lora", "oft", "coft"):  # every method trained on the same timesteps
-        hparams = (out / "runs" / m / "logs" / "csv" / "version_0" / "hparams.yaml").read_text()
+    assert saved["seeds"] == demo.seeds == [0, 1]
+    for m, s in itertools.product(("lora", "oft", "coft"), demo.seeds):  # every run on the same timesteps
+        hparams = (demo.run_dir(m, s) / "logs" / "csv" / "version_0" / "hparams.yaml").read_text()
         assert "timestep_range" in hparams and "100" in hparams and "200" in hparams
+        assert demo.final_file(m, s).is_file()
+        assert [step for step, _ in read_losses(demo.run_dir(m, s))][-1] >= 1  # a logged loss per run
+        assert is_duration(saved["timings"][f"train {m} seed {s}"]["cpu_s"])
     for m, r in saved["methods"].items():
-        assert 0 <= r["iou"] <= r["f1"] <= 1  # F1 = 2 IoU / (1 + IoU) >= IoU per image
-        assert r["prompt"]["images"] == 3 and 0 <= r["prompt"]["both"] <= 1
-        assert (out / "samples" / m / "eval_canny.json").is_file()
-        assert len(list((out / "samples" / m / "results").glob("result_*_0.png"))) == 3
+        for s in demo.seeds:
+            run_s = r["per_seed"][str(s)]
+            assert 0 <= run_s["iou"] <= run_s["f1"] <= 1  # F1 = 2 IoU / (1 + IoU) >= IoU per image
+            assert run_s["prompt"]["images"] == 3 and 0 <= run_s["prompt"]["both"] <= 1
+            assert (demo.samples_dir(m, s) / "eval_canny.json").is_file()
+            assert len(list((demo.samples_dir(m, s) / "results").glob("result_*_0.png"))) == 3
+        f1 = [r["per_seed"][str(s)]["f1"] for s in demo.seeds]
+        assert r["summary"]["f1"]["mean"] == pytest.approx(sum(f1) / 2) and r["summary"]["f1"]["n"] == 2
+    for pair in ("oft-lora", "coft-lora"):
+        d = saved["paired"][pair]["f1"]
+        method = pair.split("-")[0]
+        diffs = [saved["methods"][method]["per_seed"][str(s)]["f1"] - saved["methods"]["lora"]["per_seed"][str(s)]["f1"]
+                 for s in demo.seeds]  # fmt: skip
+        assert d["mean"] == pytest.approx(sum(diffs) / 2) and d["lo"] <= d["mean"] <= d["hi"] and d["n"] == 2
+    assert "paired by seed" in run.stdout
     params = saved["methods"]
     assert params["base"]["parameters"] == {"adapter": 0, "hint": 0}
     assert params["oft"]["parameters"] == params["coft"]["parameters"]
@@ -150,21 +166,27 @@ def test_installed_demo_command_writes_every_artefact_and_a_rerun_reuses_its_sta
     per_rank = lora["adapter"] // lora["rank"]
     assert abs(lora["adapter"] - oft) <= per_rank / 2  # rank-matched
     assert lora["hint"] == params["oft"]["parameters"]["hint"] > 0
-    for m in ("lora", "oft", "coft"):
-        assert demo.final_file(m).is_file()
-        assert [s for s, _ in read_losses(out / "runs" / m)][-1] >= 1  # a logged loss per run
-        assert is_duration(saved["timings"][f"train {m}"]["cpu_s"])
     grid = cv2.imread(str(out / "grid.png"))
     assert grid.shape == (16 + 3 * (96 + 2), 6 * (96 + 2), 3)  # 3 items x (hint, target, 4 methods), 32 px x3
     assert cv2.imread(str(out / "loss.png")).shape == (360, 640, 3)
-    assert (out / "results.md").read_text().count("\n") == 6  # header, rule, four methods
+    assert (out / "results.md").read_text().count("\n") == 9  # header, rule, four methods, blank, two pairs
 
     # the same command in-process (the checkout's package) trains and samples nothing again, same numbers
-    finals = {m: os.stat(demo.final_file(m)).st_mtime_ns for m in ("lora", "oft", "coft")}
+    finals = {
+        (m, s): os.stat(demo.final_file(m, s)).st_mtime_ns
+        for m in ("lora", "oft", "coft")
+        for s in demo.seeds
+    }
     again = demo_cli.main(demo_cli.parse_args([*DEMO_ARGV, "--out_dir", str(out)]))
     assert "reusing" in capsys.readouterr().out
-    assert {m: os.stat(demo.final_file(m)).st_mtime_ns for m in finals} == finals
+    assert {k: os.stat(demo.final_file(*k)).st_mtime_ns for k in finals} == finals
     assert again["methods"] == saved["methods"] and again["timings"] == saved["timings"]
+    # and a fresh folder with the first seed only repeats that seed's numbers exactly (same machine, 1 thread)
+    alone = demo_cli.main(
+        demo_cli.parse_args([*DEMO_ARGV, "--seeds", "1", "--out_dir", str(tmp_path / "alone")])
+    )
+    for m in METHODS:
+        assert alone["methods"][m]["per_seed"]["0"] == saved["methods"][m]["per_seed"]["0"], m
 
 
 def test_demo_refuses_a_missing_base_with_one_line(tmp_path):

@@ -39,10 +39,11 @@ class DemoConfig:
     guidance: float = option(DEMO.guidance, "classifier-free guidance scale")
     devices: int = option(1, "training devices (Lightning) and sampling workers")
     threads: int | None = option(None, "torch threads per process")
-    seed: int = option(0, "seed of data, training and sampling")
+    seed: int = option(0, "first seed of data, hint-encoder and LoRA initialisation, training and sampling")
+    seeds: int = option(3, "seeds per method (seed, seed+1, ...): mean ± sd and paired differences to LoRA")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "val_items", "train_items", "sample_steps", "devices"):
+        for name in ("steps", "batch_size", "val_items", "train_items", "sample_steps", "devices", "seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.resolution % 8:

@@ -36,6 +36,7 @@ from oft.demo.config import DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
 from oft.demo.report import (
     METHODS,
+    TRAINED,
     format_energy,
     format_proportions,
     format_results,
@@ -47,6 +48,7 @@ from oft.metrics.canny import canny_report
 from oft.metrics.energy import effective_weights, energy_changes, summarize
 from oft.metrics.folder import write_json
 from oft.metrics.prompt import masked_adherence
+from oft.metrics.stats import mean_sd, paired_interval
 from oft.sd import load_sd
 from oft.specs import synthetic
 from oft.specs.layout import result_path
@@ -88,20 +90,26 @@ class Demo:
         self.timings[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
         atomic_write_json(self.timings_file, self.timings)
 
-    def init_file(self, method: str) -> Path:
-        return self.out / "models" / f"init_{'coft' if method == 'coft' else 'oft'}.safetensors"
+    def init_file(self, method: str, seed: int) -> Path:
+        return (
+            self.out / "models" / f"seed{seed}" / f"init_{'coft' if method == 'coft' else 'oft'}.safetensors"
+        )
 
-    def run_dir(self, method: str) -> Path:
-        return self.out / "runs" / method
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.out / "runs" / method / f"seed{seed}"
 
-    def final_file(self, method: str) -> Path:
+    def final_file(self, method: str, seed: int) -> Path:
         """The trained model of ``method``: a control file (OFT, COFT) or the LoRA file."""
-        return self.run_dir(method) / (LORA_MODEL if method == "lora" else FINAL_MODEL)
+        return self.run_dir(method, seed) / (LORA_MODEL if method == "lora" else FINAL_MODEL)
 
-    def samples_dir(self, method: str) -> Path:
-        return self.out / "samples" / method
+    def samples_dir(self, method: str, seed: int) -> Path:
+        return self.out / "samples" / method / f"seed{seed}"
 
-    def experiment(self, method: str, split: str) -> Experiment:
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.cfg.seed, self.cfg.seed + self.cfg.seeds))
+
+    def experiment(self, method: str, split: str, seed: int) -> Experiment:
         """The run of ``method`` on the synthetic task (``split``: how many items the data has)."""
         c = self.cfg
         return Experiment(
@@ -109,11 +117,11 @@ class Demo:
             eps=c.eps,
             coft=method == "coft",
             resolution=c.resolution,
-            seed=c.seed,
+            seed=seed,
             control="synthetic",
             synthetic_length=c.train_items if split == "train" else c.val_items,
             base=None if split == "train" else str(c.base),
-            output_dir=str(self.run_dir(method)),
+            output_dir=str(self.run_dir(method, seed)),
         )
 
     def training(self) -> Training:
@@ -133,98 +141,108 @@ class Demo:
         )
 
     # ------------------------------------------------------------------------------------------------ stages
-    def build(self) -> None:
+    def build(self, seed: int) -> None:
+        """The initial OFT and COFT files of ``seed``: one hint-encoder draw (seeded), shared by every method."""
         c = self.cfg
         for method in ("oft", "coft"):
-            path, coft = self.init_file(method), method == "coft"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.stage(
-                f"build {method}",
-                path,
-                lambda p=path, coft=coft: build_initial(
-                    c.base, p, r=c.r, eps=c.eps if coft else None, coft=coft, adapter_only=True
-                ),
-            )
+            path, coft = self.init_file(method, seed), method == "coft"
 
-    def train(self, method: str) -> None:
+            def work(path: Path = path, coft: bool = coft) -> None:
+                with torch.random.fork_rng():
+                    torch.manual_seed(seed)  # the hint encoder's initial weights
+                    build_initial(
+                        c.base, path, r=c.r, eps=c.eps if coft else None, coft=coft, adapter_only=True
+                    )
+
+            self.stage(f"build {method} seed {seed}", path, work)
+
+    def train(self, method: str, seed: int) -> None:
         if method == "lora":
-            self.stage("train lora", self.final_file("lora"), self._train_lora)
-            return
-        work = partial(jobs.train, self.experiment(method, "train"), self.training(), self.init_file(method))
-        self.stage(f"train {method}", self.final_file(method), work)
+            work = partial(self._train_lora, seed)
+        else:
+            exp = self.experiment(method, "train", seed)
+            work = partial(jobs.train, exp, self.training(), self.init_file(method, seed))
+        self.stage(f"train {method} seed {seed}", self.final_file(method, seed), work)
 
     def oft_parameters(self) -> int:
-        """OFT's trainable rotation parameters (skew degrees of freedom) on the base, from the initial file."""
-        tensors, meta, _ = read_control(self.init_file("oft"))
+        """OFT's trainable rotation parameters (skew degrees of freedom) on the base, from an initial file."""
+        tensors, meta, _ = read_control(self.init_file("oft", self.cfg.seed))
         r = int(meta["r"])
         return sum(
             r * b * (b - 1) // 2 for k, t in tensors.items() if k.endswith(".R") for b in [t.shape[-1]]
         )
 
-    def _train_lora(self) -> None:
+    def _train_lora(self, seed: int) -> None:
         c = self.cfg
         rank = matched_rank(load_sd(c.base).unet, self.oft_parameters())
-        module = LoRAControl(
-            str(self.init_file("oft")), rank=rank, lr=c.lr, seed=c.seed, timestep_range=c.timestep_range
-        )
-        run = self.experiment("lora", "train")
-        trainer = jobs.train_module(module, run, self.training(), self.run_dir("lora"))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # LoRA's A matrices
+            module = LoRAControl(
+                str(self.init_file("oft", seed)),
+                rank=rank,
+                lr=c.lr,
+                seed=seed,
+                timestep_range=c.timestep_range,
+            )
+        exp = self.experiment("lora", "train", seed)
+        trainer = jobs.train_module(module, exp, self.training(), self.run_dir("lora", seed))
         if trainer.is_global_zero:
-            module.save(self.final_file("lora"))
+            module.save(self.final_file("lora", seed))
 
-    def sample(self, method: str) -> None:
+    def sample(self, method: str, seed: int) -> None:
         c = self.cfg
-        if method == "base":
-            model = self.init_file("oft")
-        elif method == "lora":
-            model = None  # loaded only when there is sampling to do
-        else:
-            model = self.final_file(method)
         sampling = Sampling(steps=c.sample_steps, guidance=c.guidance, num_samples=1, batch=c.val_items,
                             full=False, workers=c.devices, threads=c.threads)  # fmt: skip
-        exp = self.experiment("oft" if method in ("base", "lora") else method, "val")
-        out = self.samples_dir(method)
+        exp = self.experiment("oft" if method in ("base", "lora") else method, "val", seed)
+        out = self.samples_dir(method, seed)
 
         def work() -> None:
-            given = load_lora_control(self.final_file("lora"), str(c.base)) if model is None else model
-            jobs.sample(exp, sampling, given, out_dir=out)
+            if method == "lora":  # a merged model object: loaded only when there is sampling to do
+                model = load_lora_control(self.final_file("lora", seed), str(c.base))
+            else:  # the base is the initial control file: R = 0 and a zero hint encoder are exactly the base
+                model = self.init_file("oft", seed) if method == "base" else self.final_file(method, seed)
+            jobs.sample(exp, sampling, model, out_dir=out)
 
-        self.stage(f"sample {method}", result_path(out, c.val_items - 1, 0), work)
+        self.stage(f"sample {method} seed {seed}", result_path(out, c.val_items - 1, 0), work)
 
-    def evaluate(self, method: str) -> dict:
-        folder = self.samples_dir(method)
+    def evaluate(self, method: str, seed: int) -> dict:
+        folder = self.samples_dir(method, seed)
         report = folder / "eval_canny.json"
-        self.stage(f"eval {method}", report, lambda: write_json(report, canny_report(folder)[0]))
+        self.stage(f"eval {method} seed {seed}", report, lambda: write_json(report, canny_report(folder)[0]))
         canny = json.loads(report.read_text())
         images, masks, truths = [], [], []
-        seed = 2 * self.cfg.seed + 1  # SyntheticDataset's validation stream
+        stream = 2 * seed + 1  # SyntheticDataset's validation stream
         for i in range(self.cfg.val_items):
-            _, _, controls, truth = synthetic.make_item(i, seed, self.cfg.resolution)
+            _, _, controls, truth = synthetic.make_item(i, stream, self.cfg.resolution)
             images.append(read_rgb(result_path(folder, i, 0)))
             masks.append(controls["segm"].any(axis=2))
             truths.append(truth)
         prompt = masked_adherence(images, masks, truths)
         atomic_write_json(folder / "eval_prompt.json", prompt)
-        return {"iou": canny["iou"], "f1": canny["f1"], "prompt": prompt}
+        return {"iou": canny["iou"], "f1": canny["f1"], "shape_colour": prompt["shape_colour"],
+                "background_colour": prompt["background_colour"], "prompt": prompt}  # fmt: skip
 
     # ----------------------------------------------------------------------------------------------- results
     def parameters(self) -> dict[str, dict[str, int]]:
         """Trainable parameters per method: adapter and hint encoder (the base trains nothing)."""
-        tensors, _, _ = read_control(self.init_file("oft"))
+        tensors, _, _ = read_control(self.init_file("oft", self.cfg.seed))
         hint = sum(t.numel() for k, t in tensors.items() if k.startswith("hint."))
-        _, lora_meta = read_lora(self.final_file("lora"))
-        lora = {"lora_parameters": int(lora_meta["lora_parameters"]), "rank": int(lora_meta["rank"])}
+        _, lora_meta = read_lora(self.final_file("lora", self.cfg.seed))
         oft_dof = self.oft_parameters()
         return {
             "base": {"adapter": 0, "hint": 0},
-            "lora": {"adapter": lora["lora_parameters"], "hint": hint, "rank": lora["rank"]},
+            "lora": {
+                "adapter": int(lora_meta["lora_parameters"]),
+                "hint": hint,
+                "rank": int(lora_meta["rank"]),
+            },
             "oft": {"adapter": oft_dof, "hint": hint},
             "coft": {"adapter": oft_dof, "hint": hint},
         }
 
     def proportions(self) -> dict[str, dict[str, float]]:
         """The toy's and SD1.5's ``Proportions`` at this r and eps: adapter vs hint encoder, COFT's budget."""
-        cm = load_control(self.init_file("coft"))
+        cm = load_control(self.init_file("coft", self.cfg.seed))
         out = {}
         for where, p in (("toy", proportions(cm.sd.unet, cm.hint, self.cfg.eps)),
                          ("sd15", paper_proportions(self.cfg.r, self.cfg.eps))):  # fmt: skip
@@ -232,39 +250,52 @@ class Demo:
                           "per_entry_budget": p.per_entry_budget}  # fmt: skip
         return out
 
-    def energy(self) -> dict[str, dict[str, float]]:
+    def energy(self, seed: int) -> dict[str, dict[str, float]]:
         """Per trained method, how much every adapted layer's hyperspherical energy moved from the base's
         (relative; ``oft.metrics.energy``): rounding for OFT and COFT, LoRA's for comparison."""
-        init = load_control(self.init_file("oft"))  # R = 0: exactly the base weights
+        init = load_control(self.init_file("oft", seed))  # R = 0: exactly the base weights
         names = [name for name, _ in oft_layers.oft_modules(init.sd.unet)]
         base = effective_weights(init.sd.unet, names)
         trained = {
-            "lora": load_lora_control(self.final_file("lora"), str(self.cfg.base)),
-            "oft": load_control(self.final_file("oft")),
-            "coft": load_control(self.final_file("coft")),
+            "lora": load_lora_control(self.final_file("lora", seed), str(self.cfg.base)),
+            "oft": load_control(self.final_file("oft", seed)),
+            "coft": load_control(self.final_file("coft", seed)),
         }
         return {
             m: summarize(energy_changes(base, effective_weights(cm.sd.unet, names)))
             for m, cm in trained.items()
         }
 
+    def run_seed(self, seed: int) -> dict[str, dict]:
+        """Every stage of one seed; the metrics per method."""
+        self.build(seed)
+        for method in TRAINED:
+            self.train(method, seed)
+        metrics = {}
+        for method in METHODS:
+            self.sample(method, seed)
+            metrics[method] = self.evaluate(method, seed)
+        return metrics
+
     def run(self) -> dict:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         start_wall, start_cpu = time.perf_counter(), cpu_seconds()
-        self.build()
-        for method in ("lora", "oft", "coft"):
-            self.train(method)
-        metrics = {}
-        for method in METHODS:
-            self.sample(method)
-            metrics[method] = self.evaluate(method)
-        params = self.parameters()
+        per_seed = {seed: self.run_seed(seed) for seed in self.seeds}
+        energy = [self.energy(seed) for seed in self.seeds]
         results = {
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
-            "methods": {m: {**metrics[m], "parameters": params[m]} for m in METHODS},
+            "seeds": self.seeds,
+            **summarize_seeds(per_seed, self.parameters()),
             "proportions": self.proportions(),
-            "energy_change": self.energy(),
+            "energy_change": {
+                m: {
+                    "max": max(e[m]["max"] for e in energy),
+                    "layers": energy[0][m]["layers"],
+                    "seeds": len(energy),
+                }
+                for m in TRAINED
+            },  # fmt: skip
             "timings": self.timings,
             "this_invocation": {
                 "wall_s": time.perf_counter() - start_wall,
@@ -274,16 +305,33 @@ class Demo:
         atomic_write_json(self.out / "results.json", results)
         table = format_results(results)
         atomic_write_bytes(self.out / "results.md", (table + "\n").encode())
-        folders = {m: self.samples_dir(m) for m in METHODS}
-        write_png(
-            self.out / "grid.png", image_grid(folders, self.cfg.resolution, range(min(6, self.cfg.val_items)))
-        )
-        write_png(
-            self.out / "loss.png",
-            loss_plot({m: read_losses(self.run_dir(m)) for m in ("lora", "oft", "coft")}),
-        )
+        first = self.cfg.seed
+        folders = {m: self.samples_dir(m, first) for m in METHODS}
+        items = range(min(6, self.cfg.val_items))
+        write_png(self.out / "grid.png", image_grid(folders, self.cfg.resolution, items))
+        curves = {m: [read_losses(self.run_dir(m, s)) for s in self.seeds] for m in TRAINED}
+        write_png(self.out / "loss.png", loss_plot(curves))
         print(table)
         print(format_proportions(results["proportions"]))
         print(format_energy(results["energy_change"]))
         print(f"[demo] wrote {self.out / 'results.json'}, {self.out / 'grid.png'}, {self.out / 'loss.png'}")
         return results
+
+
+SCORES = ("iou", "f1", "shape_colour", "background_colour")
+
+
+def summarize_seeds(per_seed: dict[int, dict[str, dict]], parameters: dict[str, dict]) -> dict[str, dict]:
+    """``methods``: per method its scores per seed, their mean and sd, its parameters; ``paired``: OFT − LoRA
+    and COFT − LoRA per score, the mean difference over seeds with its 95 % t-interval."""
+    methods = {}
+    for m in METHODS:
+        runs = {str(s): per_seed[s][m] for s in per_seed}
+        summary = {k: mean_sd([r[k] for r in runs.values()]) for k in SCORES}
+        methods[m] = {"per_seed": runs, "summary": summary, "parameters": parameters[m]}
+    paired = {
+        f"{m}-lora": {k: paired_interval([per_seed[s][m][k] for s in per_seed], [per_seed[s]["lora"][k] for s in per_seed])
+                      for k in SCORES}
+        for m in ("oft", "coft")
+    }  # fmt: skip
+    return {"methods": methods, "paired": paired}

@@ -14,23 +14,47 @@ from oft.metrics.folder import format_table
 from oft.specs.layout import hint_path, result_path, source_path
 
 METHODS = ("base", "lora", "oft", "coft")
+TRAINED = ("lora", "oft", "coft")
 LABELS = {"base": "base (no control)", "lora": "LoRA", "oft": "OFT", "coft": "COFT"}
 PLOT_COLOURS = {"lora": (220, 40, 40), "oft": (30, 90, 220), "coft": (40, 160, 40)}  # RGB
 
 
+def _mean_sd(s: dict, digits: int) -> str:
+    return f"{s['mean']:.{digits}f}" + ("" if s["sd"] is None else f" ± {s['sd']:.{digits}f}")
+
+
+def _interval(d: dict) -> str:
+    shown = f"{d['mean']:+.3f}"
+    return shown if d["lo"] is None else f"{shown} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+
 def format_results(results: dict) -> str:
-    """The demo's table: canny IoU/F1, prompt adherence, trainable parameters and training time per method."""
-    rows = []
+    """The demo's table (mean ± sd over the seeds: canny IoU/F1, prompt adherence; trainable parameters; mean
+    training time per seed), then the paired differences to LoRA with their 95 % t-intervals."""
+    rows, seeds = [], len(results["seeds"])
     for m, r in results["methods"].items():
-        p = r["parameters"]
-        t = results["timings"].get(f"train {m}")
+        p, s = r["parameters"], r["summary"]
+        times = [
+            results["timings"][k]
+            for k in (f"train {m} seed {i}" for i in results["seeds"])
+            if k in results["timings"]
+        ]
         adapter = f"{p['adapter']:,}" + (f" (rank {p['rank']})" if "rank" in p else "")
-        rows.append((LABELS[m], f"{r['iou']:.3f}", f"{r['f1']:.3f}", f"{r['prompt']['shape_colour']:.2f}",
-                     f"{r['prompt']['background_colour']:.2f}", adapter, f"{p['hint']:,}",
-                     "-" if t is None else f"{t['wall_s']:.0f} / {t['cpu_s']:.0f}"))  # fmt: skip
-    header = ("method", "canny IoU", "canny F1", "shape colour", "bg colour", "adapter params", "hint params",
-              "train wall / CPU s")  # fmt: skip
-    return format_table(header, rows)
+        took = (
+            f"{sum(t['wall_s'] for t in times) / len(times):.0f} / {sum(t['cpu_s'] for t in times) / len(times):.0f}"
+            if times
+            else "-"
+        )
+        rows.append((LABELS[m], _mean_sd(s["iou"], 3), _mean_sd(s["f1"], 3), _mean_sd(s["shape_colour"], 2),
+                     _mean_sd(s["background_colour"], 2), adapter, f"{p['hint']:,}", took))  # fmt: skip
+    header = (f"method ({seeds} seed{'s' if seeds > 1 else ''})", "canny IoU", "canny F1", "shape colour",
+              "bg colour", "adapter params", "hint params", "train wall / CPU s")  # fmt: skip
+    lines = [format_table(header, rows), ""]
+    for pair, scores in results["paired"].items():
+        a, b = pair.split("-")
+        shown = ", ".join(f"{k} {_interval(scores[k])}" for k in ("f1", "iou", "shape_colour"))
+        lines.append(f"{LABELS[a]} − {LABELS[b]} (paired by seed, mean [95 % t-interval]): {shown}")
+    return "\n".join(lines)
 
 
 def format_proportions(props: dict[str, dict[str, float]]) -> str:
@@ -48,8 +72,9 @@ def format_proportions(props: dict[str, dict[str, float]]) -> str:
 def format_energy(changes: dict[str, dict[str, float]]) -> str:
     """One line: the largest relative change of an adapted layer's hyperspherical energy, per method."""
     shown = ", ".join(f"{LABELS[m]} {c['max']:.1e}" for m, c in changes.items())
-    layers = next(iter(changes.values()))["layers"]
-    return f"hyperspherical energy, largest relative change over the {layers} adapted layers: {shown}"
+    first = next(iter(changes.values()))
+    return (f"hyperspherical energy, largest relative change over the {first['layers']} adapted layers and "
+            f"{first['seeds']} seeds: {shown}")  # fmt: skip
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -99,17 +124,20 @@ def _moving_average(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, n
     return x[k // 2 : len(x) - (k - 1) // 2], np.convolve(y, np.ones(k) / k, mode="valid")
 
 
-def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, height: int = 360) -> np.ndarray:
-    """Training-loss curves (moving average over 5 logged points) as an (H, W, 3) uint8 RGB plot."""
+def loss_plot(
+    curves: dict[str, list[list[tuple[int, float]]]], width: int = 640, height: int = 360
+) -> np.ndarray:
+    """Training-loss curves, one per method and seed in the method's colour (moving average over 5 logged
+    points), as an (H, W, 3) uint8 RGB plot."""
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 50, 15, 25, 30
-    series = {m: np.array(c, float) for m, c in curves.items() if c}
+    series = [(m, np.array(c, float)) for m, runs in curves.items() for c in runs if c]
     if not series:
         return img
-    smooth = {m: _moving_average(s[:, 0], s[:, 1], 5) for m, s in series.items()}
-    xmax = max(x.max() for x, _ in smooth.values()) or 1
-    ymin = min(y.min() for _, y in smooth.values())
-    ymax = max(y.max() for _, y in smooth.values())
+    smooth = [(m, *_moving_average(s[:, 0], s[:, 1], 5)) for m, s in series]
+    xmax = max(x.max() for _, x, _ in smooth) or 1
+    ymin = min(y.min() for _, _, y in smooth)
+    ymax = max(y.max() for _, _, y in smooth)
     yr = (ymax - ymin) or 1.0
 
     def to_px(x: float, y: float) -> tuple[int, int]:
@@ -129,9 +157,11 @@ def loss_plot(curves: dict[str, list[tuple[int, float]]], width: int = 640, heig
         (0, 0, 0),
         1,
     )
-    for k, (m, (x, y)) in enumerate(smooth.items()):
-        rgb = PLOT_COLOURS[m]
+    for m, x, y in smooth:
         pts = np.array([to_px(a, b) for a, b in zip(x, y)], np.int32)
-        cv2.polylines(img, [pts], False, rgb, 1, cv2.LINE_AA)
-        cv2.putText(img, LABELS[m], (left + 10 + 70 * k, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, rgb, 1)
+        cv2.polylines(img, [pts], False, PLOT_COLOURS[m], 1, cv2.LINE_AA)
+    for k, m in enumerate(curves):
+        cv2.putText(
+            img, LABELS[m], (left + 10 + 70 * k, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, PLOT_COLOURS[m], 1
+        )
     return img
