@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 import oft_layers
 from oft.common.seeds import step_generator
+from oft.control.config import Experiment, Training
 from oft.control.data import SyntheticDataset, collate
 from oft.control.model import ControlOFT
+from oft.control.training import fit
 from oft.sd import add_to_conv_in, load_sd
 from tests.helpers.control import initial_model, tiny_sd_file
 from tests.helpers.numerics import network_terms, tol
@@ -119,3 +121,18 @@ def test_optimizer_projects_after_each_step_and_magnitude_stage_trains_only_scal
     assert names and all(n.endswith(".s") for n in names)
     with pytest.raises(ValueError, match="stage must be one of"):
         ControlOFT(files[1], stage="lora")
+
+
+def test_gradient_clipping_is_off_by_default_refuses_a_non_positive_bound_and_reaches_lightning(
+    files, tmp_path
+):
+    """Off as in the reference; --max_grad_norm becomes the trainer's gradient_clip_val (global norm)."""
+    assert Training().max_grad_norm is None
+    with pytest.raises(ValueError, match="max_grad_norm must be positive"):
+        Training(max_grad_norm=0.0)
+    _, ini = files
+    exp = Experiment(control="synthetic", resolution=32, synthetic_length=2, r=4, eps=1e-3, coft=True)
+    cfg = Training(batch_size=2, epochs=1, max_steps=1, accelerator="cpu", num_workers=0, sample_every=0,
+                   log_every=1, save_every=1, max_grad_norm=0.5)  # fmt: skip
+    trainer = fit(ControlOFT(str(ini)), exp.dataset("train"), cfg.for_task(exp), tmp_path, 0)
+    assert trainer.gradient_clip_val == 0.5 and trainer.global_step == 1

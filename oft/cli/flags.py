@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from oft.common.paths import DATA_ROOT_ENV
+from oft.common.paths import DATA_ROOT_ENV, DATA_ROOT_FLAGS
 
 C = TypeVar("C")
 
@@ -61,7 +61,7 @@ def add_options(
         meta = f.metadata
         default = (defaults or {}).get(f.name, f.default)
         kind, nargs = _flag_type(hints[f.name])
-        names = flag_names(f.name, tuple(meta.get("aliases", ())))
+        names = list(meta["names"]) if "names" in meta else flag_names(f.name, tuple(meta.get("aliases", ())))
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta["help"]}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -104,8 +104,7 @@ def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup, hol
     """``--data-root`` (``--data_root`` also accepted): the datasets folder (``holds``: what this command reads
     there), the same flag on every command."""
     parser.add_argument(
-        "--data-root",
-        "--data_root",
+        *DATA_ROOT_FLAGS,
         dest="data_root",
         default=None,
         help=f"datasets folder{f' holding {holds}' if holds else ''} [default: ${DATA_ROOT_ENV} or ./data]",

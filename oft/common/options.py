@@ -9,6 +9,7 @@ from typing import Any
 
 
 def option(default: Any, help: str, **flag: Any) -> Any:
-    """A dataclass field with its default and --help text; ``flag`` spells its flag: ``aliases`` (other names
-    accepted), ``choices``, ``metavar``, ``shown`` (the default as --help states it, when it is derived)."""
+    """A dataclass field with its default and --help text; ``flag`` spells its flag: ``names`` (all its
+    spellings, the first shown first; default ``--name`` and ``--name-with-dashes``), ``aliases`` (more names),
+    ``choices``, ``metavar``, ``shown`` (the default as --help states it, when it is derived)."""
     return field(default=default, metadata={"help": help, **flag})

@@ -12,6 +12,8 @@ from pathlib import Path
 
 DATA_ROOT_ENV = "OFT_DATA_ROOT"
 MODELS_ROOT_ENV = "OFT_MODELS_ROOT"
+# the data-root flag of every command: one spelling, the other accepted
+DATA_ROOT_FLAGS = ("--data-root", "--data_root")
 
 
 def data_root(override: str | os.PathLike | None = None) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from oft.common.options import option
+from oft.common.paths import DATA_ROOT_FLAGS
 from oft.control.data import SYNTHETIC, build_dataset
 from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID
 from oft.specs.synthetic import HINT_KINDS
@@ -58,6 +59,7 @@ class Experiment:
     data_root: str | None = option(
         None,
         "folder holding ADE20K/, COCO/, ... [default: $OFT_DATA_ROOT or ./data]",
+        names=DATA_ROOT_FLAGS,
     )
     base: str | None = option(
         None, "base SD checkpoint or diffusers folder [default: the one recorded in the model file]"
@@ -148,9 +150,15 @@ class Training:
     gradient_checkpointing: bool = option(
         False, "recompute UNet activations in the backward pass (less memory, slower)"
     )
+    max_grad_norm: float | None = option(
+        None,
+        "clip the global gradient norm to this value (Lightning's gradient_clip_val) [default: off, as the reference]",
+    )
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "epochs", "save_every", "log_every", "num_nodes")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"--max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.sample_every < 0:
             raise ValueError(f"--sample_every must be >= 0, got {self.sample_every}")
 

@@ -268,6 +268,7 @@ def fit(
         max_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         log_every_n_steps=cfg.log_every,
+        gradient_clip_val=cfg.max_grad_norm,  # global norm over every trainable tensor (None: off)
         callbacks=callbacks,
         logger=[tensorboard, CSVLogger(out_dir / LOGS, name=CSV_LOGS, version=tensorboard.version)],
         use_distributed_sampler=False,  # ControlDataModule shards with its own seeded DistributedSampler

@@ -138,6 +138,7 @@ class Demo:
             save_every=max(1, c.steps // 3),
             sample_every=0,
             timestep_range=c.timestep_range,
+            max_grad_norm=c.max_grad_norm,
         )
 
     # ------------------------------------------------------------------------------------------------ stages

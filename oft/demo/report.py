@@ -74,7 +74,7 @@ def format_energy(changes: dict[str, dict[str, float]]) -> str:
     shown = ", ".join(f"{LABELS[m]} {c['max']:.1e}" for m, c in changes.items())
     first = next(iter(changes.values()))
     return (f"hyperspherical energy, largest relative change over the {first['layers']} adapted layers and "
-            f"{first['seeds']} seeds: {shown}")  # fmt: skip
+            f"{first['seeds']} seed{'s' if first['seeds'] > 1 else ''}: {shown}")  # fmt: skip
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
