@@ -76,15 +76,23 @@ def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> No
 def save_adapter(
     model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write the adapter atomically (temporary file, then rename) as safetensors with its metadata."""
+    """Write the adapter atomically as safetensors with its metadata: a hidden temporary beside ``path``, flushed
+    to the device, then renamed over it (on any error it is removed and ``path`` is untouched). ``oft_layers``
+    is torch-only, so this is its own small copy of ``oft.common.files.atomic_write``."""
     path = Path(path)
     meta = adapter_metadata(model)
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # the rename is durable only once the data is
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -1,6 +1,7 @@
 """Properties of the orthogonal adapter: exactness against the explicit formula, invariances, COFT, files."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,7 +336,7 @@ def test_save_load_round_trip_into_a_plain_model(tmp_path):
         randomize(layer, seed=i)
     x = torch.randn(3, 16)
     path = ol.save_adapter(model, tmp_path / "a.safetensors", {"base": "tiny"})
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]  # no temporary left
     fresh = tiny_model()  # no OFT yet: load_adapter injects from the file's metadata
     meta = ol.load_adapter(fresh, path)
     assert meta["r"] == "4" and meta["coft"] == "true" and meta["base"] == "tiny"
@@ -466,3 +467,19 @@ def test_readme_example_trains_only_the_rotations():
     opt.step()
     assert all(p.abs().max() > 0 for p in params)
     assert all(torch.equal(a, layer.base.weight) for a, (_, layer) in zip(before, ol.oft_modules(model)))
+
+
+def test_a_failed_adapter_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    model = tiny_model()
+    ol.inject(model, ["0"], r=4)
+    path = ol.save_adapter(model, tmp_path / "a.safetensors")
+    before = path.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("oft_layers.io.save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ol.save_adapter(model, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
