@@ -115,15 +115,19 @@ def enable_magnitude(model: nn.Module) -> int:
     return len(layers)
 
 
+def rotation_dof(layer: OFTLayer) -> int:
+    """Free parameters of a layer's rotation: skew degrees of freedom ``r*b(b-1)/2`` (shared: ``b(b-1)/2``)."""
+    b = layer.block_size
+    return (1 if layer.config.block_share else layer.config.r) * b * (b - 1) // 2
+
+
 def count_trainable(model: nn.Module) -> int:
     """Trainable parameters as the reference counted them: R as its skew degrees of freedom ``r*b(b-1)/2``
     (shared: ``b(b-1)/2``), everything else trainable by numel."""
     counted, total = set(), 0
     for _, layer in oft_modules(model):
         if layer.R.requires_grad:
-            b = layer.block_size
-            blocks = 1 if layer.config.block_share else layer.config.r
-            total += blocks * b * (b - 1) // 2
+            total += rotation_dof(layer)
         counted.add(id(layer.R))
     for p in model.parameters():
         if p.requires_grad and id(p) not in counted:

@@ -14,7 +14,7 @@ from diffusers import UNet2DConditionModel
 from oft.control.hint import HintEncoder
 from oft.sd.configs import preset_config
 from oft.sd.targets import CONTROL_TARGETS
-from oft_layers import count_trainable, inject, oft_modules
+from oft_layers import count_trainable, inject, oft_modules, rotation_dof
 
 # Paper Table 3 (SPEC §2): OFT skew DOF of the 144 layers and the reported total, per r.
 PAPER_TABLE3: dict[int, tuple[int, str]] = {
@@ -86,10 +86,7 @@ def proportions(unet: torch.nn.Module, hint: torch.nn.Module, eps: float) -> Pro
     layers = [layer for _, layer in oft_modules(unet)]
     if not layers:
         raise ValueError("the UNet has no OFT layers: inject them first (oft_layers.inject)")
-    dof = sum(
-        (1 if layer.config.block_share else layer.config.r) * layer.block_size * (layer.block_size - 1) // 2
-        for layer in layers
-    )
+    dof = sum(rotation_dof(layer) for layer in layers)
     hint_size = sum(p.numel() for p in hint.parameters())
     return Proportions(dof, hint_size, min(layer.block_size for layer in layers), layers[0].config.r, eps)
 

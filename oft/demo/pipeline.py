@@ -20,7 +20,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -165,17 +165,9 @@ class Demo:
             work = partial(jobs.train, exp, self.training(), self.init_file(method, seed))
         self.stage(f"train {method} seed {seed}", self.final_file(method, seed), work)
 
-    def oft_parameters(self) -> int:
-        """OFT's trainable rotation parameters (skew degrees of freedom) on the base, from an initial file."""
-        tensors, meta, _ = read_control(self.init_file("oft", self.cfg.seed))
-        r = int(meta["r"])
-        return sum(
-            r * b * (b - 1) // 2 for k, t in tensors.items() if k.endswith(".R") for b in [t.shape[-1]]
-        )
-
     def _train_lora(self, seed: int) -> None:
         c = self.cfg
-        rank = matched_rank(load_sd(c.base).unet, self.oft_parameters())
+        rank = matched_rank(load_sd(c.base).unet, self.proportions["toy"]["adapter"])
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # LoRA's A matrices
             module = LoRAControl(
@@ -229,7 +221,7 @@ class Demo:
         tensors, _, _ = read_control(self.init_file("oft", self.cfg.seed))
         hint = sum(t.numel() for k, t in tensors.items() if k.startswith("hint."))
         _, lora_meta = read_lora(self.final_file("lora", self.cfg.seed))
-        oft_dof = self.oft_parameters()
+        oft_dof = self.proportions["toy"]["adapter"]
         return {
             "base": {"adapter": 0, "hint": 0},
             "lora": {
@@ -241,8 +233,10 @@ class Demo:
             "coft": {"adapter": oft_dof, "hint": hint},
         }
 
+    @cached_property
     def proportions(self) -> dict[str, dict[str, float]]:
-        """The toy's and SD1.5's ``Proportions`` at this r and eps: adapter vs hint encoder, COFT's budget."""
+        """The toy's and SD1.5's ``Proportions`` at this r and eps: adapter (OFT's rotation DOF) vs hint encoder,
+        COFT's budget; from the first seed's initial files (built first), computed once."""
         cm = load_control(self.init_file("coft", self.cfg.seed))
         out = {}
         for where, p in (("toy", proportions(cm.sd.unet, cm.hint, self.cfg.eps)),
@@ -288,7 +282,7 @@ class Demo:
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.cfg).items()},
             "seeds": self.seeds,
             **summarize_seeds(per_seed, self.parameters()),
-            "proportions": self.proportions(),
+            "proportions": self.proportions,
             "energy_change": {
                 m: {
                     "max": max(e[m]["max"] for e in energy),
