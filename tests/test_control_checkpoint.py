@@ -3,12 +3,22 @@ foreign or mismatched file is refused with one line saying what to do."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import oft_layers
 from oft.cli.control import tool_add_control_oft as tool_add_control_oft_cli
-from oft.control.checkpoint import ControlCheckpointError, load_control, save_control
+from oft.control.checkpoint import (
+    ControlCheckpointError,
+    build_initial,
+    load_control,
+    read_control,
+    save_control,
+)
+from oft.control.hint import HINT_WIDTHS, scaled_widths
 from oft.sd import load_sd
 from oft.sd.targets import CONTROL_TARGETS, match_targets
 from tests.helpers.control import tiny_sd_file
@@ -82,6 +92,22 @@ def test_adapter_only_references_the_base_and_round_trips_trained_values(base, t
     ):
         assert torch.equal(a.R, b.R), name
     assert torch.equal(cm.hint.zero_conv.weight, again.hint.zero_conv.weight)
+
+
+def test_a_scaled_hint_encoder_round_trips_and_files_without_widths_load_controlnets(base, tmp_path):
+    narrow = build_initial(base, tmp_path / "narrow.safetensors", r=1, eps=None, coft=False, adapter_only=True,
+                           hint_widths=scaled_widths(0.1))  # fmt: skip
+    cm = load_control(narrow)
+    assert cm.hint.widths == (2, 2, 3, 3, 10, 10, 26) and json.loads(cm.meta["hint_widths"]) == list(
+        cm.hint.widths
+    )
+    assert cm.hint(torch.zeros(1, 3, 16, 16)).shape == (1, 32, 2, 2)
+    # a file written before the widths were recorded: ControlNet's channels, as it was built with
+    wide = build_initial(base, tmp_path / "wide.safetensors", r=1, eps=None, coft=False, adapter_only=True)
+    tensors, meta, _ = read_control(wide)
+    del meta["hint_widths"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    assert load_control(tmp_path / "old.safetensors").hint.widths == HINT_WIDTHS
 
 
 def test_missing_foreign_and_mismatched_files_are_refused(base, tmp_path):

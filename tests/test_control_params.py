@@ -1,13 +1,17 @@
 """The parameter command reproduces paper Table 3's OFT figures on the weight-free SD1.5 architecture."""
 
+from dataclasses import replace
+
 import pytest
 
 import oft_layers
 from oft.cli.control import tool_add_control_oft as tool_add_control_oft_cli
 from oft.control.checkpoint import new_control_model
+from oft.control.hint import HINT_WIDTHS, scaled_widths
 from oft.control.params import (
     PAPER_TABLE3,
     UNUSED_TIME_MLP,
+    budget_matched_eps,
     count_control_parameters,
     paper_proportions,
     proportions,
@@ -55,8 +59,8 @@ def test_flags_are_checked():
 
 def test_proportions_of_the_paper_and_of_the_tiny_preset():
     """SD1.5 at r = 4: 13.1 M rotation DOF beside a 1.09 M hint encoder (12 : 1), and COFT's narrowest block
-    (b = 80) on a radius eps·b²/√r = 3.2, i.e. 0.04 per row at eps = 1e-3. The tiny preset inverts the first
-    (the hint encoder keeps SD1.5's channels) and gives COFT a tenth of the per-row budget (b = 8)."""
+    (b = 80) on a radius eps·b²/√r = 3.2, i.e. 0.04 per row at eps = 1e-3. The tiny preset at r = 4 with
+    ControlNet's hint channels inverts the first and gives COFT a tenth of the per-row budget (b = 8)."""
     paper = paper_proportions(4, 1e-3)
     assert (paper.adapter, paper.hint_encoder, paper.block) == (PAPER_TABLE3[4][0], 1_086_480, 80)
     assert paper.radius == pytest.approx(3.2) and paper.per_entry_budget == pytest.approx(0.04)
@@ -68,3 +72,22 @@ def test_proportions_of_the_paper_and_of_the_tiny_preset():
     assert tiny.per_entry_budget == pytest.approx(1e-3 * 8 / 2) and tiny.adapter_to_hint < 1 / 50
     shared = new_control_model(build_sd("tiny"), r=4, eps=1e-3, coft=True, block_share=True)
     assert proportions(shared.sd.unet, shared.hint, 1e-3).adapter == tiny.adapter // 4  # one block per layer
+
+
+def test_the_demo_proportions_scaled_hint_encoder_and_budget_matched_eps():
+    """The demo's toy (r = 1, ControlNet's hint channels × 0.1): the rotations outweigh the hint encoder, as on
+    SD1.5, and the eps that gives its 32-wide blocks SD1.5's per-entry budget of 0.04 is 0.04·√1/32."""
+    widths = scaled_widths(0.1)
+    assert widths == (2, 2, 3, 3, 10, 10, 26) and scaled_widths(1.0) == HINT_WIDTHS
+    cm = new_control_model(build_sd("tiny"), r=1, eps=1e-3, coft=True, block_share=False, hint_widths=widths)
+    toy = proportions(cm.sd.unet, cm.hint, 1e-3)
+    convs = zip((3, *widths), (*widths, 32), strict=True)  # the seven convs and the zero conv to width 32
+    assert toy.hint_encoder == sum(9 * i * o + o for i, o in convs) == 11_311
+    assert toy.block == 32 and toy.adapter_to_hint > 2
+    eps = budget_matched_eps(toy, paper_proportions(4, 1e-3))
+    assert eps == pytest.approx(0.04 / 32)
+    assert replace(toy, eps=eps).per_entry_budget == pytest.approx(
+        paper_proportions(4, 1e-3).per_entry_budget
+    )
+    with pytest.raises(ValueError, match="positive"):
+        scaled_widths(0)

@@ -5,7 +5,8 @@ One format for every stage (SPEC §3 flow): ``tool_add_control_oft.py`` writes t
 ``test_oft_parallel.py`` samples from any of them.
 
 - ``.safetensors``: tensors ``oft.<unet layer>.R`` (and ``.s``), ``hint.<param>``; string metadata = the adapter
-  metadata of ``oft_layers`` plus ``control_format``, ``hint_channels``, ``base_identity``, ``base_path``, and
+  metadata of ``oft_layers`` plus ``control_format``, ``hint_channels``, ``hint_widths`` (JSON; absent in files written before it:
+  ControlNet's), ``base_identity``, ``base_path``, and
   for trained files ``task``/``global_step``. The base SD is referenced, not copied.
 - any other suffix (e.g. the reference's ``control_sd15_ini_oft.ckpt``): a torch file
   ``{"state_dict": <base SD in LDM layout, full mode only>, "oft_control": {"tensors": ..., "metadata": ...}}``,
@@ -26,7 +27,7 @@ from safetensors.torch import save_file
 import oft_layers
 from oft.common.files import atomic_torch_save, atomic_write
 from oft.common.safe_load import load_error_line
-from oft.control.hint import HintEncoder
+from oft.control.hint import HINT_WIDTHS, HintEncoder
 from oft.sd import SDModels, load_sd
 from oft.sd.identity import identity_mismatch_hint
 from oft.sd.loading import to_ldm_state_dict
@@ -50,12 +51,19 @@ class ControlModel:
 
 
 def new_control_model(
-    sd: SDModels, *, r: int, eps: float | None, coft: bool, block_share: bool
+    sd: SDModels,
+    *,
+    r: int,
+    eps: float | None,
+    coft: bool,
+    block_share: bool,
+    hint_widths: tuple[int, ...] = HINT_WIDTHS,
 ) -> ControlModel:
-    """Freeze ``sd``, inject OFT (R = 0) on ``CONTROL_TARGETS`` and add a fresh hint encoder: the step-0 model."""
+    """Freeze ``sd``, inject OFT (R = 0) on ``CONTROL_TARGETS`` and add a fresh hint encoder (conv channels
+    ``hint_widths``): the step-0 model."""
     sd.freeze()
     oft_layers.inject(sd.unet, CONTROL_TARGETS, r=r, eps=eps, coft=coft, block_share=block_share)
-    hint = HintEncoder(sd.unet.config.block_out_channels[0]).to(sd.device)
+    hint = HintEncoder(sd.unet.config.block_out_channels[0], hint_widths).to(sd.device)
     return ControlModel(sd, hint, {})
 
 
@@ -80,6 +88,7 @@ def save_control(
     meta.update(
         control_format=CONTROL_FORMAT,
         hint_channels=str(model.hint.out_channels),
+        hint_widths=json.dumps(list(model.hint.widths)),
         base_identity=model.sd.identity,
         base_path=str(Path(base_path).resolve()) if base_path else model.meta.get("base_path", ""),
         **{k: str(v) for k, v in (extra or {}).items()},
@@ -176,7 +185,8 @@ def load_control(
         sd.identity = meta["base_identity"]
     sd.freeze()
     oft_layers.apply_adapter(sd.unet, {k[4:]: v for k, v in tensors.items() if k.startswith("oft.")}, meta)
-    hint = HintEncoder(int(meta["hint_channels"]))
+    widths = tuple(json.loads(meta["hint_widths"])) if "hint_widths" in meta else HINT_WIDTHS
+    hint = HintEncoder(int(meta["hint_channels"]), widths)
     hint.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("hint.")})
     sd.to(device)
     return ControlModel(sd, hint.to(device), meta)
@@ -205,10 +215,11 @@ def build_initial(
     coft: bool,
     block_share: bool = False,
     adapter_only: bool = False,
+    hint_widths: tuple[int, ...] = HINT_WIDTHS,
 ) -> Path:
     """``tool_add_control_oft.py``: SD checkpoint (single file or diffusers folder) -> initial control file."""
     sd = load_sd(input_path)
     # the base in LDM layout before injection (same tensors, no copy): what a full file carries
     base_state = None if adapter_only else to_ldm_state_dict(sd)
-    model = new_control_model(sd, r=r, eps=eps, coft=coft, block_share=block_share)
+    model = new_control_model(sd, r=r, eps=eps, coft=coft, block_share=block_share, hint_widths=hint_widths)
     return save_control(model, output_path, base_path=input_path, base_state=base_state)

@@ -100,6 +100,12 @@ def paper_proportions(r: int, eps: float) -> Proportions:
     return proportions(unet, hint, eps)
 
 
+def budget_matched_eps(toy: Proportions, reference: Proportions) -> float:
+    """The eps that gives ``toy``'s narrowest block ``reference``'s per-entry budget: since the budget is
+    ``eps * b / sqrt(r)``, ``eps_toy = budget_ref * sqrt(r_toy) / b_toy``."""
+    return reference.per_entry_budget * toy.r**0.5 / toy.block
+
+
 def format_parameter_table(rows: list[ParameterCount]) -> str:
     """The table printed by ``tool_add_control_oft.py --count-only``, next to the paper's figures."""
     lines = [
