@@ -20,10 +20,10 @@ from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID
 from oft.specs.synthetic import HINT_KINDS
 from oft.specs.tasks import TASKS, get_task
 
-# The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/last.ckpt, logs/{tensorboard,csv}/ and samples/
-# (the grids) of train.py, then
+# The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/last.ckpt, logs/{tensorboard,csv}/, samples/
+# (the grids) and snapshots/step_<N>.safetensors (--snapshot_every) of train.py, then
 RUNS_ROOT = Path("outputs/control")
-CHECKPOINTS, LOGS, CSV_LOGS, SAMPLES = "checkpoints", "logs", "csv", "samples"
+CHECKPOINTS, LOGS, CSV_LOGS, SAMPLES, SNAPSHOTS = "checkpoints", "logs", "csv", "samples", "snapshots"
 FINAL_MODEL = "control_final.safetensors"  # train.py's trained model
 NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
 NORM_DIR = "norm"  # post-fitting's checkpoints/ and logs/
@@ -140,6 +140,11 @@ class Training:
     log_every: int = option(50, "log the loss every N steps")
     save_every: int = option(500, "rewrite checkpoints/last.ckpt every N steps")
     sample_every: int = option(1000, "write a sample grid every N steps, 0 = never")
+    snapshot_every: int = option(
+        0,
+        "also export the model every N steps to <run folder>/snapshots/step_<N>.safetensors, for learning "
+        "curves (0 = never)",
+    )
     sample_steps: int = option(CONTROL_GRID.steps, "DDIM steps of the sample grids")
     timestep_range: tuple[int, int] | None = option(
         None,
@@ -159,8 +164,9 @@ class Training:
         _positive(self, "batch_size", "epochs", "save_every", "log_every", "num_nodes")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"--max_grad_norm must be positive, got {self.max_grad_norm}")
-        if self.sample_every < 0:
-            raise ValueError(f"--sample_every must be >= 0, got {self.sample_every}")
+        for name in ("sample_every", "snapshot_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
     def for_task(self, experiment: Experiment) -> Training:
         """This config with epochs and batch size filled in from the task where they were not given."""

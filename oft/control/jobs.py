@@ -38,7 +38,7 @@ def train_module(module: ControlOFT, experiment: Experiment, training: Training,
     training = training.for_task(experiment)
     train_set = experiment.dataset("train")
     sample_set = experiment.dataset("val") if training.sample_every else None
-    return fit(module, train_set, training, folder, experiment.seed, sample_set)
+    return fit(module, train_set, training, folder, experiment.seed, sample_set, {"task": experiment.control})
 
 
 def train(experiment: Experiment, training: Training, model: Model, *, stage: str = "oft") -> Path:

@@ -31,7 +31,7 @@ from torchvision.utils import make_grid
 from oft.common.files import atomic_torch_save, temporaries
 from oft.common.images import write_png
 from oft.common.safe_load import load_error_line
-from oft.control.config import CHECKPOINTS, CSV_LOGS, LOGS, SAMPLES, Training
+from oft.control.config import CHECKPOINTS, CSV_LOGS, LOGS, SAMPLES, SNAPSHOTS, Training
 from oft.control.data import collate
 from oft.control.inference import generate
 from oft.control.model import LOADED_FROM, ControlOFT
@@ -227,6 +227,25 @@ class SampleGrid(Callback):
                 logger.experiment.add_image("samples", grid, step)
 
 
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    """The model exported at ``step`` by ``Snapshots``: ``<run>/snapshots/step_<step, 7 digits>.safetensors``."""
+    return run_dir / SNAPSHOTS / f"step_{step:07d}.safetensors"
+
+
+class Snapshots(Callback):
+    """Every ``every`` steps, rank 0 exports the model (``module.export``, with ``extra`` in its metadata) to
+    ``snapshot_path``: the points of a learning curve. A snapshot already on disk (a resumed run) is kept."""
+
+    def __init__(self, out_dir: Path, every: int, extra: dict[str, object]) -> None:
+        self.out_dir, self.every, self.extra = out_dir, every, extra
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: ControlOFT, *_: object) -> None:
+        step = trainer.global_step
+        path = snapshot_path(self.out_dir, step)
+        if trainer.is_global_zero and step % self.every == 0 and not path.exists():
+            module.export(path, **self.extra)
+
+
 def fit(
     module: ControlOFT,
     dataset: Dataset,
@@ -234,9 +253,11 @@ def fit(
     out_dir: Path,
     seed: int = 0,
     sample_dataset: Dataset | None = None,
+    export_extra: dict[str, object] | None = None,
 ) -> L.Trainer:
     """Train ``module`` on ``dataset`` (shuffled by ``seed``) as ``cfg`` says (its epochs and batch size given:
-    ``Training.for_task``), in the run folder ``out_dir``, resuming from ``cfg.resume``."""
+    ``Training.for_task``), in the run folder ``out_dir``, resuming from ``cfg.resume``; snapshots carry
+    ``export_extra`` in their metadata."""
     if cfg.epochs is None or cfg.batch_size is None:
         raise ValueError("fit needs the epochs and batch size: pass Training.for_task(experiment)")
     ckpt_dir = out_dir / CHECKPOINTS
@@ -257,6 +278,8 @@ def fit(
     ]
     if cfg.sample_every and sample_dataset is not None:
         callbacks.append(SampleGrid(sample_dataset, out_dir, cfg.sample_every, cfg.sample_steps))
+    if cfg.snapshot_every:
+        callbacks.append(Snapshots(out_dir, cfg.snapshot_every, dict(export_extra or {})))
     # logs/{tensorboard,csv}/version_N, one N per (re)start: a resumed run adds a folder, overwrites nothing
     tensorboard = TensorBoardLogger(out_dir / LOGS, name="tensorboard")
     trainer = L.Trainer(

@@ -2,7 +2,7 @@
 
 ``LoRAControl`` is ``ControlOFT`` (same data, loss, optimizer, checkpoints, Lightning ``fit``) whose OFT layers
 (R = 0, i.e. exactly the base) are stripped and replaced by PEFT LoRA adapters on ``CONTROL_TARGETS``; the hint
-encoder trains as for OFT. ``save`` writes the trained LoRA and hint encoder (a few MB, the base referenced
+encoder trains as for OFT. ``export`` writes the trained LoRA and hint encoder (a few MB, the base referenced
 through the initial control file); ``load_lora_control`` rebuilds it with the LoRA folded into the base weights
 (PEFT's ``merge``): a ``ControlModel`` the sampler takes as it is.
 """
@@ -89,8 +89,9 @@ class LoRAControl(ControlOFT):
         """Trainable LoRA parameters (A and B of every target)."""
         return sum(p.numel() for n, p in self.unet.named_parameters() if "lora_" in n and p.requires_grad)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the trained LoRA (``lora.*``) and hint encoder (``hint.*``) with the rank and initial file."""
+    def export(self, path: str | os.PathLike, **extra: object) -> Path:
+        """Write the trained LoRA (``lora.*``) and hint encoder (``hint.*``) with the rank, the initial file and
+        ``extra`` in the metadata (``ControlOFT.export``'s interface: snapshots call it too)."""
         tensors = {f"lora.{n}": p for n, p in self.unet.named_parameters() if "lora_" in n}
         tensors.update({f"hint.{n}": p for n, p in self.hint.state_dict().items()})
         tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in tensors.items()}
@@ -98,12 +99,14 @@ class LoRAControl(ControlOFT):
             "rank": str(self.rank),
             "init": self.init_file,
             "lora_parameters": str(self.adapter_parameters()),
+            "global_step": str(self.global_step),
+            **{k: str(v) for k, v in extra.items()},
         }
         return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a file written by ``LoRAControl.save``."""
+    """(tensors, metadata) of a file written by ``LoRAControl.export``."""
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
 
