@@ -4,7 +4,8 @@ train.py, test_oft_parallel.py, eval_canny.py), given config objects.
 
 Stages, each reused on re-run (its output file is its done-marker; trainings resume from ``last.ckpt``):
 
-1. build: ``build_initial`` on the base: the initial OFT (r) and COFT (r, eps) control files;
+1. build: ``build_initial`` on the base: the initial OFT (r) and COFT (r, the toy's eps) control files, with the
+   hint encoder scaled to the toy (``hint_scale``);
 2. train: ``oft.control.jobs.train`` for OFT and COFT; ``LoRAControl`` through the same ``train_module`` for
    LoRA (same data, lr, steps, timesteps);
 3. sample: ``oft.control.jobs.sample`` on the validation items for the uncontrolled base (the initial control
@@ -19,7 +20,7 @@ import json
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -29,17 +30,22 @@ import oft_layers
 from oft.common.files import atomic_write_bytes, atomic_write_json
 from oft.common.images import read_rgb, write_png
 from oft.control import jobs
-from oft.control.checkpoint import build_initial, load_control, read_control
+from oft.control.checkpoint import build_initial, load_control, new_control_model, read_control
 from oft.control.config import FINAL_MODEL, Experiment, Sampling, Training
-from oft.control.params import paper_proportions, proportions
+from oft.control.hint import scaled_widths
+from oft.control.params import Proportions, budget_matched_eps, paper_proportions, proportions
+from oft.control.training import snapshot_path
+from oft.demo.claims import ARMS, claims, collapse_counts, collapsed, curve_scores, energy_tolerance
 from oft.demo.config import DemoConfig
 from oft.demo.lora import LoRAControl, load_lora_control, matched_rank, read_lora
 from oft.demo.report import (
     METHODS,
     TRAINED,
+    curve_plot,
     format_energy,
     format_proportions,
     format_results,
+    format_verdict,
     image_grid,
     loss_plot,
     read_losses,
@@ -54,6 +60,7 @@ from oft.specs import synthetic
 from oft.specs.layout import result_path
 
 LORA_MODEL = "lora_final.safetensors"  # the LoRA run's trained adapter + hint encoder
+PAPER_R = next(f.default for f in fields(Experiment) if f.name == "r")  # the paper's SD1.5 setting, r = 4
 
 
 def cpu_seconds() -> float:
@@ -105,6 +112,15 @@ class Demo:
     def samples_dir(self, method: str, seed: int) -> Path:
         return self.out / "samples" / method / f"seed{seed}"
 
+    def curve_dir(self, method: str, seed: int, step: int) -> Path:
+        return self.out / "curves" / method / f"seed{seed}" / f"step_{step:07d}"
+
+    @property
+    def curve_steps(self) -> list[int]:
+        """The steps of the learning curves' snapshots before the end: a quarter, half, three quarters."""
+        every = self.training().snapshot_every
+        return list(range(every, self.cfg.steps, every))
+
     @property
     def seeds(self) -> list[int]:
         return list(range(self.cfg.seed, self.cfg.seed + self.cfg.seeds))
@@ -114,7 +130,7 @@ class Demo:
         c = self.cfg
         return Experiment(
             r=c.r,
-            eps=c.eps,
+            eps=self.toy_eps,
             coft=method == "coft",
             resolution=c.resolution,
             seed=seed,
@@ -137,6 +153,7 @@ class Demo:
             log_every=max(1, c.steps // 100),
             save_every=max(1, c.steps // 3),
             sample_every=0,
+            snapshot_every=max(1, c.steps // 4),
             timestep_range=c.timestep_range,
             max_grad_norm=c.max_grad_norm,
         )
@@ -151,9 +168,8 @@ class Demo:
             def work(path: Path = path, coft: bool = coft) -> None:
                 with torch.random.fork_rng():
                     torch.manual_seed(seed)  # the hint encoder's initial weights
-                    build_initial(
-                        c.base, path, r=c.r, eps=c.eps if coft else None, coft=coft, adapter_only=True
-                    )
+                    build_initial(c.base, path, r=c.r, eps=self.toy_eps if coft else None, coft=coft,
+                                  adapter_only=True, hint_widths=scaled_widths(c.hint_scale))  # fmt: skip
 
             self.stage(f"build {method} seed {seed}", path, work)
 
@@ -180,29 +196,48 @@ class Demo:
         exp = self.experiment("lora", "train", seed)
         trainer = jobs.train_module(module, exp, self.training(), self.run_dir("lora", seed))
         if trainer.is_global_zero:
-            module.save(self.final_file("lora", seed))
+            module.export(self.final_file("lora", seed))
 
-    def sample(self, method: str, seed: int) -> None:
+    def sample(self, method: str, seed: int, step: int | None = None) -> Path:
+        """Sample the validation items with ``method``'s trained model (``step``: its snapshot at that step)."""
         c = self.cfg
         sampling = Sampling(steps=c.sample_steps, guidance=c.guidance, num_samples=1, batch=c.val_items,
                             full=False, workers=c.devices, threads=c.threads)  # fmt: skip
         exp = self.experiment("oft" if method in ("base", "lora") else method, "val", seed)
-        out = self.samples_dir(method, seed)
+        trained = (
+            self.final_file(method, seed) if step is None else snapshot_path(self.run_dir(method, seed), step)
+        )
+        out = self.samples_dir(method, seed) if step is None else self.curve_dir(method, seed, step)
 
         def work() -> None:
             if method == "lora":  # a merged model object: loaded only when there is sampling to do
-                model = load_lora_control(self.final_file("lora", seed), str(c.base))
+                model = load_lora_control(trained, str(c.base))
             else:  # the base is the initial control file: R = 0 and a zero hint encoder are exactly the base
-                model = self.init_file("oft", seed) if method == "base" else self.final_file(method, seed)
+                model = self.init_file("oft", seed) if method == "base" else trained
             jobs.sample(exp, sampling, model, out_dir=out)
 
-        self.stage(f"sample {method} seed {seed}", result_path(out, c.val_items - 1, 0), work)
+        at = "" if step is None else f" step {step}"
+        self.stage(f"sample {method} seed {seed}{at}", result_path(out, c.val_items - 1, 0), work)
+        return out
+
+    def canny(self, folder: Path, name: str) -> dict:
+        """The canny report of the samples in ``folder`` (stage ``name``, reused when it exists)."""
+        report = folder / "eval_canny.json"
+        self.stage(name, report, lambda: write_json(report, canny_report(folder)[0]))
+        return json.loads(report.read_text())
+
+    def curve(self, method: str, seed: int, base_f1: float) -> dict[int, float]:
+        """Canny F1 of ``method`` against its training step: 0 (the base), every snapshot, the end."""
+        points = {0: base_f1}
+        for step in self.curve_steps:
+            folder = self.sample(method, seed, step)
+            points[step] = self.canny(folder, f"eval {method} seed {seed} step {step}")["f1"]
+        return points
 
     def evaluate(self, method: str, seed: int) -> dict:
+        """Canny IoU/F1 and prompt adherence of ``method``'s final samples."""
         folder = self.samples_dir(method, seed)
-        report = folder / "eval_canny.json"
-        self.stage(f"eval {method} seed {seed}", report, lambda: write_json(report, canny_report(folder)[0]))
-        canny = json.loads(report.read_text())
+        canny = self.canny(folder, f"eval {method} seed {seed}")
         images, masks, truths = [], [], []
         stream = 2 * seed + 1  # SyntheticDataset's validation stream
         for i in range(self.cfg.val_items):
@@ -234,16 +269,32 @@ class Demo:
         }
 
     @cached_property
+    def _proportions(self) -> dict[str, Proportions]:
+        """The toy's (at its budget-matched eps) and SD1.5's (at the paper's r and ``eps``) ``Proportions``."""
+        c = self.cfg
+        sd15 = paper_proportions(PAPER_R, c.eps)
+        cm = new_control_model(load_sd(c.base), r=c.r, eps=c.eps, coft=True, block_share=False,
+                               hint_widths=scaled_widths(c.hint_scale))  # fmt: skip
+        toy = proportions(cm.sd.unet, cm.hint, c.eps)
+        return {"toy": replace(toy, eps=budget_matched_eps(toy, sd15)), "sd15": sd15}
+
+    @property
+    def toy_eps(self) -> float:
+        """COFT's eps on the toy: the per-entry rotation budget of SD1.5's narrowest blocks at the paper's eps."""
+        return self._proportions["toy"].eps
+
+    @property
     def proportions(self) -> dict[str, dict[str, float]]:
-        """The toy's and SD1.5's ``Proportions`` at this r and eps: adapter (OFT's rotation DOF) vs hint encoder,
-        COFT's budget; from the first seed's initial files (built first), computed once."""
-        cm = load_control(self.init_file("coft", self.cfg.seed))
-        out = {}
-        for where, p in (("toy", proportions(cm.sd.unet, cm.hint, self.cfg.eps)),
-                         ("sd15", paper_proportions(self.cfg.r, self.cfg.eps))):  # fmt: skip
-            out[where] = {**asdict(p), "adapter_to_hint": p.adapter_to_hint, "radius": p.radius,
-                          "per_entry_budget": p.per_entry_budget}  # fmt: skip
-        return out
+        """``_proportions`` as plain numbers: adapter (OFT's rotation DOF) vs hint encoder, COFT's budget."""
+        return {where: {**asdict(p), "adapter_to_hint": p.adapter_to_hint, "radius": p.radius,
+                        "per_entry_budget": p.per_entry_budget}
+                for where, p in self._proportions.items()}  # fmt: skip
+
+    @cached_property
+    def widest_block(self) -> int:
+        """The largest OFT block of the toy: its rotated entries are the longest float32 dot products."""
+        cm = load_control(self.init_file("oft", self.cfg.seed))
+        return max(layer.block_size for _, layer in oft_layers.oft_modules(cm.sd.unet))
 
     def energy(self, seed: int) -> dict[str, dict[str, float]]:
         """Per trained method, how much every adapted layer's hyperspherical energy moved from the base's
@@ -262,7 +313,7 @@ class Demo:
         }
 
     def run_seed(self, seed: int) -> dict[str, dict]:
-        """Every stage of one seed; the metrics per method."""
+        """Every stage of one seed; the metrics per method (trained ones: with their F1 curve and collapse)."""
         self.build(seed)
         for method in TRAINED:
             self.train(method, seed)
@@ -270,6 +321,10 @@ class Demo:
         for method in METHODS:
             self.sample(method, seed)
             metrics[method] = self.evaluate(method, seed)
+        for method in TRAINED:
+            curve = {**self.curve(method, seed, metrics["base"]["f1"]), self.cfg.steps: metrics[method]["f1"]}
+            metrics[method].update(curve_scores(curve, self.curve_steps))
+            metrics[method]["collapsed"] = collapsed(read_losses(self.run_dir(method, seed)))
         return metrics
 
     def run(self) -> dict:
@@ -284,12 +339,15 @@ class Demo:
             **summarize_seeds(per_seed, self.parameters()),
             "proportions": self.proportions,
             "energy_change": {
-                m: {
-                    "max": max(e[m]["max"] for e in energy),
-                    "layers": energy[0][m]["layers"],
-                    "seeds": len(energy),
-                }
-                for m in TRAINED
+                **{
+                    m: {
+                        "max": max(e[m]["max"] for e in energy),
+                        "layers": energy[0][m]["layers"],
+                        "seeds": len(energy),
+                    }
+                    for m in TRAINED
+                },
+                "tolerance": energy_tolerance(self.widest_block),
             },  # fmt: skip
             "timings": self.timings,
             "this_invocation": {
@@ -297,23 +355,30 @@ class Demo:
                 "cpu_s": cpu_seconds() - start_cpu,
             },
         }
+        results["claims"] = claims(results)
+        results["collapsed"] = collapse_counts(results)
         atomic_write_json(self.out / "results.json", results)
         table = format_results(results)
-        atomic_write_bytes(self.out / "results.md", (table + "\n").encode())
+        verdict = format_verdict(results["claims"], results["collapsed"], len(self.seeds))
+        atomic_write_bytes(self.out / "results.md", (f"{table}\n\n{verdict}\n").encode())
         first = self.cfg.seed
         folders = {m: self.samples_dir(m, first) for m in METHODS}
         items = range(min(6, self.cfg.val_items))
         write_png(self.out / "grid.png", image_grid(folders, self.cfg.resolution, items))
-        curves = {m: [read_losses(self.run_dir(m, s)) for s in self.seeds] for m in TRAINED}
-        write_png(self.out / "loss.png", loss_plot(curves))
+        losses = {m: [read_losses(self.run_dir(m, s)) for s in self.seeds] for m in TRAINED}
+        write_png(self.out / "loss.png", loss_plot(losses))
+        f1 = {m: [results["methods"][m]["per_seed"][str(s)]["curve"] for s in self.seeds] for m in TRAINED}
+        write_png(self.out / "curves.png", curve_plot(f1))
         print(table)
         print(format_proportions(results["proportions"]))
         print(format_energy(results["energy_change"]))
-        print(f"[demo] wrote {self.out / 'results.json'}, {self.out / 'grid.png'}, {self.out / 'loss.png'}")
+        print(verdict)
+        print(f"[demo] wrote {self.out}/{{results.json,results.md,grid.png,loss.png,curves.png}}")
         return results
 
 
 SCORES = ("iou", "f1", "shape_colour", "background_colour")
+CURVE_SCORES = ("early_f1", "degradation")  # trained methods only
 
 
 def summarize_seeds(per_seed: dict[int, dict[str, dict]], parameters: dict[str, dict]) -> dict[str, dict]:
@@ -322,11 +387,12 @@ def summarize_seeds(per_seed: dict[int, dict[str, dict]], parameters: dict[str, 
     methods = {}
     for m in METHODS:
         runs = {str(s): per_seed[s][m] for s in per_seed}
-        summary = {k: mean_sd([r[k] for r in runs.values()]) for k in SCORES}
+        keys = SCORES + (CURVE_SCORES if m in TRAINED else ())
+        summary = {k: mean_sd([r[k] for r in runs.values()]) for k in keys}
         methods[m] = {"per_seed": runs, "summary": summary, "parameters": parameters[m]}
     paired = {
         f"{m}-lora": {k: paired_interval([per_seed[s][m][k] for s in per_seed], [per_seed[s]["lora"][k] for s in per_seed])
-                      for k in SCORES}
-        for m in ("oft", "coft")
+                      for k in SCORES + CURVE_SCORES}
+        for m in ARMS
     }  # fmt: skip
     return {"methods": methods, "paired": paired}

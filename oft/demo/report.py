@@ -1,4 +1,5 @@
-"""The demo's outputs: the results table, the proportions and energy lines, the image grid and the loss plot."""
+"""The demo's outputs: the results table, the proportions, energy and verdict lines, the image grid, the loss and
+learning-curve plots."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from oft.common.images import read_rgb
 from oft.control.config import CSV_LOGS, LOGS
+from oft.demo.claims import COLLAPSE_FACTOR
 from oft.metrics.folder import format_table
 from oft.specs.layout import hint_path, result_path, source_path
 
@@ -61,20 +63,37 @@ def format_proportions(props: dict[str, dict[str, float]]) -> str:
     """Two lines comparing the toy with SD1.5 on what the paper's claims depend on."""
     toy, sd = props["toy"], props["sd15"]
     return (
-        f"adapter : hint encoder = {toy['adapter']:,} : {toy['hint_encoder']:,} ({toy['adapter_to_hint']:.3f}); "
-        f"SD1.5 at r={sd['r']}: {sd['adapter']:,} : {sd['hint_encoder']:,} ({sd['adapter_to_hint']:.1f})\n"
-        f"COFT at eps={toy['eps']:g}: narrowest block b={toy['block']}, radius {toy['radius']:.3g}, "
-        f"{toy['per_entry_budget']:.3g} per entry; SD1.5: b={sd['block']}, radius {sd['radius']:.3g}, "
-        f"{sd['per_entry_budget']:.3g} per entry"
+        f"adapter : hint encoder = {toy['adapter']:,} : {toy['hint_encoder']:,} ({toy['adapter_to_hint']:.1f} : 1) "
+        f"at r={toy['r']}; SD1.5 at r={sd['r']}: {sd['adapter']:,} : {sd['hint_encoder']:,} "
+        f"({sd['adapter_to_hint']:.1f} : 1)\n"
+        f"COFT radius eps·b²/√r: SD1.5 eps={sd['eps']:g}, b={sd['block']}: {sd['radius']:.3g}, "
+        f"{sd['per_entry_budget']:.3g} per entry; toy eps={toy['eps']:.3g} (the same per-entry budget: "
+        f"eps = {sd['per_entry_budget']:.3g}·√{toy['r']}/{toy['block']}), b={toy['block']}: {toy['radius']:.3g}"
     )
 
 
 def format_energy(changes: dict[str, dict[str, float]]) -> str:
     """One line: the largest relative change of an adapted layer's hyperspherical energy, per method."""
-    shown = ", ".join(f"{LABELS[m]} {c['max']:.1e}" for m, c in changes.items())
-    first = next(iter(changes.values()))
+    shown = ", ".join(f"{LABELS[m]} {changes[m]['max']:.1e}" for m in TRAINED)
+    first = changes[TRAINED[0]]
     return (f"hyperspherical energy, largest relative change over the {first['layers']} adapted layers and "
-            f"{first['seeds']} seed{'s' if first['seeds'] > 1 else ''}: {shown}")  # fmt: skip
+            f"{first['seeds']} seed{'s' if first['seeds'] > 1 else ''}: {shown} "
+            f"(float32 rounding: up to {changes['tolerance']:.1e})")  # fmt: skip
+
+
+def format_verdict(rows: list[dict], collapses: dict[str, int], seeds: int) -> str:
+    """The four claims, one line per (claim, arm): verdict, measure, paired difference to LoRA [95 % interval]."""
+    lines = [
+        f"claims of the paper at this scale ({seeds} seed{'s' if seeds > 1 else ''}, arm − LoRA paired by seed):"
+    ]
+    for row in rows:
+        shown = _interval(row["interval"]) if "interval" in row else f"largest change {row['value']:.1e}"
+        lines.append(
+            f"  {row['claim']:<12} {LABELS[row['arm']]:<5} {row['verdict']:<14} {row['measure']}: {shown}"
+        )
+    counts = ", ".join(f"{LABELS[m]} {n}/{seeds}" for m, n in collapses.items())
+    lines.append(f"  collapsed runs (final training loss > {COLLAPSE_FACTOR:g}x its best): {counts}")
+    return "\n".join(lines)
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -124,20 +143,21 @@ def _moving_average(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, n
     return x[k // 2 : len(x) - (k - 1) // 2], np.convolve(y, np.ones(k) / k, mode="valid")
 
 
-def loss_plot(
-    curves: dict[str, list[list[tuple[int, float]]]], width: int = 640, height: int = 360
+Band = tuple[np.ndarray, np.ndarray] | None  # (low, high) around a line
+
+
+def line_plot(
+    series: list[tuple[str, np.ndarray, np.ndarray, Band]], caption: str, width: int = 640, height: int = 360
 ) -> np.ndarray:
-    """Training-loss curves, one per method and seed in the method's colour (moving average over 5 logged
-    points), as an (H, W, 3) uint8 RGB plot."""
+    """Lines ``(method, x, y, band)`` in the method's colour, each band shaded behind its line, with a y axis
+    and ``caption`` under the x axis: an (H, W, 3) uint8 RGB plot."""
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 50, 15, 25, 30
-    series = [(m, np.array(c, float)) for m, runs in curves.items() for c in runs if c]
     if not series:
         return img
-    smooth = [(m, *_moving_average(s[:, 0], s[:, 1], 5)) for m, s in series]
-    xmax = max(x.max() for _, x, _ in smooth) or 1
-    ymin = min(y.min() for _, _, y in smooth)
-    ymax = max(y.max() for _, _, y in smooth)
+    xmax = max(x.max() for _, x, _, _ in series) or 1
+    ys = [y for _, _, y, band in series for y in (y, *(band or ()))]
+    ymin, ymax = min(y.min() for y in ys), max(y.max() for y in ys)
     yr = (ymax - ymin) or 1.0
 
     def to_px(x: float, y: float) -> tuple[int, int]:
@@ -145,23 +165,47 @@ def loss_plot(
             top + (ymax - y) / yr * (height - top - bottom)
         )
 
+    def points(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.array([to_px(a, b) for a, b in zip(x, y)], np.int32)
+
+    shade = img.copy()
+    for m, x, _, band in series:
+        if band is not None:
+            cv2.fillPoly(
+                shade, [np.concatenate([points(x, band[0]), points(x, band[1])[::-1]])], PLOT_COLOURS[m]
+            )
+    img = cv2.addWeighted(shade, 0.2, img, 0.8, 0)
     cv2.rectangle(img, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
     for v in (ymin, (ymin + ymax) / 2, ymax):
         cv2.putText(img, f"{v:.3f}", (2, to_px(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(
-        img,
-        f"step (0..{int(xmax)})   training eps-MSE, smoothed",
-        (left, height - 10),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.4,
-        (0, 0, 0),
-        1,
-    )
-    for m, x, y in smooth:
-        pts = np.array([to_px(a, b) for a, b in zip(x, y)], np.int32)
-        cv2.polylines(img, [pts], False, PLOT_COLOURS[m], 1, cv2.LINE_AA)
-    for k, m in enumerate(curves):
+    cv2.putText(img, caption, (left, height - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    for m, x, y, _ in series:
+        cv2.polylines(img, [points(x, y)], False, PLOT_COLOURS[m], 1, cv2.LINE_AA)
+    for k, m in enumerate(dict.fromkeys(m for m, *_ in series)):
         cv2.putText(
             img, LABELS[m], (left + 10 + 70 * k, top - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, PLOT_COLOURS[m], 1
         )
     return img
+
+
+def loss_plot(curves: dict[str, list[list[tuple[int, float]]]]) -> np.ndarray:
+    """Training-loss curves, one per method and seed in the method's colour (moving average over 5 logged
+    points), as an (H, W, 3) uint8 RGB plot."""
+    series = [(m, np.array(c, float)) for m, runs in curves.items() for c in runs if c]
+    smooth = [(m, *_moving_average(s[:, 0], s[:, 1], 5), None) for m, s in series]
+    xmax = max((int(x.max()) for _, x, _, _ in smooth), default=0)
+    return line_plot(smooth, f"step (0..{xmax})   training eps-MSE, smoothed")
+
+
+def curve_plot(curves: dict[str, list[dict[str, float]]]) -> np.ndarray:
+    """Learning curves: canny F1 against the training step per method, the mean over seeds as a line and
+    mean ± sd as a band (step 0: the base), as an (H, W, 3) uint8 RGB plot."""
+    series = []
+    for m, runs in curves.items():
+        steps = sorted({int(s) for run in runs for s in run})
+        table = np.array([[run[str(s)] for s in steps] for run in runs], float)  # seeds x steps
+        mean = table.mean(axis=0)
+        sd = table.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+        series.append((m, np.array(steps, float), mean, (mean - sd, mean + sd)))
+    xmax = max((int(x.max()) for _, x, _, _ in series), default=0)
+    return line_plot(series, f"step (0..{xmax})   canny F1, mean and ± sd over seeds")
