@@ -12,6 +12,7 @@ import oft_layers
 from oft.common.seeds import step_generator
 from oft.control.config import Experiment, Training
 from oft.control.data import SyntheticDataset, collate
+from oft.control.encodings import encode_dataset
 from oft.control.model import ControlOFT
 from oft.control.training import fit
 from oft.sd import add_to_conv_in, load_sd
@@ -136,3 +137,26 @@ def test_gradient_clipping_is_off_by_default_refuses_a_non_positive_bound_and_re
                    log_every=1, save_every=1, max_grad_norm=0.5)  # fmt: skip
     trainer = fit(ControlOFT(str(ini)), exp.dataset("train"), cfg.for_task(exp), tmp_path, 0)
     assert trainer.gradient_clip_val == 0.5 and trainer.global_step == 1
+
+
+@pytest.mark.numerics
+def test_cached_encodings_draw_the_same_latents_and_give_the_same_loss(files):
+    _, ini = files
+    data = SyntheticDataset("train", 6, 32)
+    module = ControlOFT(ini)
+    sd = module.cm.sd
+    module.encodings = encode_dataset(sd, data, chunk=4)  # chunks of 4 and 2: other batchings than the step's
+    assert module.encodings.mean.shape == (6, 4, 4, 4) and module.encodings.context.shape[:2] == (6, 77)
+    batch = collate([data[i] for i in (5, 1, 3)])  # a shuffled batch: looked up by its items' indices
+    cached = module.loss(batch, step_generator(0, 7, 0))
+    first = module.encodings.latents(batch["index"], step_generator(0, 7, 0), sd.latent_scale)
+    module.encodings = None
+    plain = module.loss(batch, step_generator(0, 7, 0))
+    direct = sd.encode_images(batch["jpg"], generator=step_generator(0, 7, 0))
+    # the same posterior draw; the encoders ran on other batches, so equal up to their rounding
+    vae_terms = network_terms(sd.vae.encoder, sd.vae.quant_conv)
+    torch.testing.assert_close(first, direct, **tol(torch.float32, vae_terms, scale=direct.abs().max()))
+    terms = vae_terms + network_terms(sd.text_encoder, module.unet) + 3 * 4 * 4 * 4
+    torch.testing.assert_close(cached, plain, **tol(torch.float32, terms))
+    with pytest.raises(ValueError, match="index i"):
+        encode_dataset(sd, [data[1], data[0]])

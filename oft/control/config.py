@@ -155,6 +155,11 @@ class Training:
     gradient_checkpointing: bool = option(
         False, "recompute UNet activations in the backward pass (less memory, slower)"
     )
+    cache_encodings: bool = option(
+        False,
+        "encode every training image (VAE posterior) and caption (CLIP) once before training and reuse them: "
+        "for small fixed training sets (the demo's); the same losses up to float rounding, memory per item",
+    )
     max_grad_norm: float | None = option(
         None,
         "clip the global gradient norm to this value (Lightning's gradient_clip_val) [default: off, as the reference]",

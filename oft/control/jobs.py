@@ -58,6 +58,7 @@ def train(experiment: Experiment, training: Training, model: Model, *, stage: st
         seed=experiment.seed,
         gradient_checkpointing=training.gradient_checkpointing,
         timestep_range=training.timestep_range,
+        cache_encodings=training.cache_encodings,
     )
     trainer = train_module(module, experiment, training, folder)
     if trainer.is_global_zero:

@@ -17,6 +17,7 @@ import oft_layers
 from oft.common.seeds import step_generator
 from oft.control.checkpoint import ControlModel, load_control, save_control
 from oft.control.config import Training
+from oft.control.encodings import Encodings, encode_dataset
 from oft.sd import add_to_conv_in
 
 STAGES = ("oft", "magnitude")
@@ -40,6 +41,7 @@ class ControlOFT(L.LightningModule):
         seed: int = 0,
         gradient_checkpointing: bool = False,
         timestep_range: tuple[int, int] | None = None,
+        cache_encodings: bool = False,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -61,6 +63,7 @@ class ControlOFT(L.LightningModule):
             self.hint.requires_grad_(False)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        self.encodings: Encodings | None = None  # set at the start of fitting with cache_encodings
         self.strict_loading = (
             False  # checkpoints hold only the trainable tensors; on_load_checkpoint checks them
         )
@@ -69,11 +72,22 @@ class ControlOFT(L.LightningModule):
     def trainable_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
+    def on_fit_start(self) -> None:
+        if self.hparams.cache_encodings and self.encodings is None:
+            self.encodings = encode_dataset(self.cm.sd, self.trainer.datamodule.dataset).to(self.device)
+
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """ε-prediction MSE of one batch: jpg (B, 3, H, W) in [-1, 1], hint (B, 3, H, W) in [0, 1], txt (B,)."""
         sd = self.cm.sd
-        latents = sd.encode_images(batch["jpg"], generator=generator)  # (B, 4, H/8, W/8), frozen VAE
-        context = sd.encode_prompts(batch["txt"])  # (B, 77, d), frozen CLIP; no prompt dropout (reference)
+        if self.encodings is not None:  # the same draws from the posteriors encoded once
+            index = batch["index"].to(self.encodings.mean.device)
+            latents = self.encodings.latents(index, generator, sd.latent_scale)
+            context = self.encodings.context[index]
+        else:
+            latents = sd.encode_images(batch["jpg"], generator=generator)  # (B, 4, H/8, W/8), frozen VAE
+            context = sd.encode_prompts(
+                batch["txt"]
+            )  # (B, 77, d), frozen CLIP; no prompt dropout (reference)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         lo, hi = self.timestep_range  # all of [0, 1000) unless narrowed (the reference: all)
         t = torch.randint(lo, hi, (latents.shape[0],), generator=generator, device=latents.device)

@@ -154,6 +154,7 @@ class Demo:
             save_every=max(1, c.steps // 3),
             sample_every=0,
             snapshot_every=max(1, c.steps // 4),
+            cache_encodings=True,  # 512 fixed items seen ~9 times: encode them once
             timestep_range=c.timestep_range,
             max_grad_norm=c.max_grad_norm,
         )
@@ -192,6 +193,7 @@ class Demo:
                 lr=c.lr,
                 seed=seed,
                 timestep_range=c.timestep_range,
+                cache_encodings=self.training().cache_encodings,
             )
         exp = self.experiment("lora", "train", seed)
         trainer = jobs.train_module(module, exp, self.training(), self.run_dir("lora", seed))
