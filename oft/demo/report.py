@@ -168,13 +168,12 @@ def line_plot(
     def points(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.array([to_px(a, b) for a, b in zip(x, y)], np.int32)
 
-    shade = img.copy()
-    for m, x, _, band in series:
+    for m, x, _, band in series:  # one translucent layer per band, so that overlapping bands all show
         if band is not None:
-            cv2.fillPoly(
-                shade, [np.concatenate([points(x, band[0]), points(x, band[1])[::-1]])], PLOT_COLOURS[m]
-            )
-    img = cv2.addWeighted(shade, 0.2, img, 0.8, 0)
+            shade = img.copy()
+            outline = np.concatenate([points(x, band[0]), points(x, band[1])[::-1]])
+            cv2.fillPoly(shade, [outline], PLOT_COLOURS[m])
+            img = cv2.addWeighted(shade, 0.25, img, 0.75, 0)
     cv2.rectangle(img, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
     for v in (ymin, (ymin + ymax) / 2, ymax):
         cv2.putText(img, f"{v:.3f}", (2, to_px(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
