@@ -1,12 +1,14 @@
 """The CPU demo (``make demo``): OFT, COFT and a rank-matched LoRA teach a pretrained tiny SD-shaped model to
 follow canny edges on the synthetic task, with several seeds, through the library calls behind the real commands
-(tool_add_control_oft, train.py, test_oft_parallel.py, eval_canny.py); prints the table (mean ± sd, paired
-differences to LoRA), the proportions and the energy change, and writes
-outputs/demo/{results.md,results.json,grid.png,loss.png}.
+(tool_add_control_oft, train.py, test_oft_parallel.py, eval_canny.py). The toy keeps the paper's proportions
+(rotations outweigh the hint encoder; COFT's per-entry budget of SD1.5 at eps 1e-3). Prints the table (mean ± sd,
+paired differences to LoRA), the proportions, the energy change and a verdict per claim of the paper (control,
+convergence, stability, preservation), and writes
+outputs/demo/{results.md,results.json,grid.png,loss.png,curves.png}.
 
-    python scripts/demo.py                                    # 3 seeds: ~9 min on an idle 2-core Xeon
+    python scripts/demo.py                                    # 3 seeds: ~8 min on an idle 2-core Xeon
     python scripts/demo.py --seeds 1                          # one seed, a third of the time
-    python scripts/demo.py --steps 3000 --lr 1e-3 --devices 1 --out_dir outputs/demo_gpu   # fuller, GPU
+    python scripts/demo.py --seeds 8 --steps 1200 --out_dir outputs/demo_large   # the README's larger run
 
 Re-running reuses finished stages (delete the output folder to start over).
 """

@@ -13,8 +13,9 @@ DEFAULT_BASE = Path(__file__).with_name("tiny_base") / "tiny-base.safetensors"  
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo runs with. The defaults (3 seeds) took 8 min 46 s on an idle 2-core Intel Xeon with
-    AVX-512; one seed took 10 min on a 2-core AMD EPYC, whose GEMM is several times slower."""
+    """Everything the demo runs with. The defaults (3 seeds) took 8 min 5 s on an idle 2-core Intel Xeon with
+    AVX-512 (2026-12-01); a 2-core AMD EPYC VM, whose GEMM is several times slower, took about 3x as long per
+    seed in an earlier version."""
 
     out_dir: Path = option(Path("outputs/demo"), "output folder")
     base: Path = option(
