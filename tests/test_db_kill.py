@@ -127,11 +127,11 @@ def test_kill_9_anywhere_then_rerun_equals_uninterrupted(tmp_path, tmpdir_elsewh
 
     # 1. killed while writing class image 1 (its temporary cut to half): image 0 is there, 1 only as a hidden
     #    truncated temporary, which the next run must neither count nor read
-    run(command(tmp_path, "run", "truncate:0001.png"), killed)
-    assert [p.name for p in list_images(cls)] == ["0000.png"] and hidden(cls)
+    run(command(tmp_path, "run", "truncate:0001.jpg"), killed)
+    assert [p.name for p in list_images(cls)] == ["0000.jpg"] and hidden(cls)
     # 2. killed right before class image 2 gets its name (a complete temporary)
-    run(command(tmp_path, "run", "kill:0002.png"), killed)
-    assert [p.name for p in list_images(cls)] == ["0000.png", "0001.png"] and hidden(cls)
+    run(command(tmp_path, "run", "kill:0002.jpg"), killed)
+    assert [p.name for p in list_images(cls)] == ["0000.jpg", "0001.jpg"] and hidden(cls)
     # 3. killed from outside while training
     proc = subprocess.Popen(command(tmp_path, "run"), env=ENV, stderr=open(tmp_path / "run.err", "w"))
     deadline = time.monotonic() + 240
@@ -157,9 +157,9 @@ def test_kill_9_anywhere_then_rerun_equals_uninterrupted(tmp_path, tmpdir_elsewh
         [p.name for p in list_images(cls)]
         == [p.name for p in list_images(ref_cls)]
         == [
-            "0000.png",
-            "0001.png",
-            "0002.png",
+            "0000.jpg",
+            "0001.jpg",
+            "0002.jpg",
         ]
     )
     for p in list_images(ref_cls):

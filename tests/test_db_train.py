@@ -93,9 +93,10 @@ def test_training_outputs(setup, full_run):
     )
     assert info["class_images_generated"] == 3 and info["subject"] == "cat"
     class_dir = root / "data" / "class_data" / "cat"
-    assert [p.name for p in list_images(class_dir)] == ["0000.png", "0001.png", "0002.png"]
-    with Image.open(class_dir / "0000.png") as im:
-        assert im.size == (64, 64)
+    # the default recipe: the reference's (PNDM, JPEG)
+    assert [p.name for p in list_images(class_dir)] == ["0000.jpg", "0001.jpg", "0002.jpg"]
+    with Image.open(class_dir / "0000.jpg") as im:
+        assert im.size == (64, 64) and im.format == "JPEG"
     R, meta = oft_layers.read_adapter(full_run)
     assert (
         len(R) == 32 and meta["coft"] == "true" and meta["validation_prompt"] == "a qwe cat wearing a red hat"
@@ -275,7 +276,8 @@ def test_evaluation_of_the_trained_run(setup, full_run):
     real = [Image.open(p).convert("RGB") for p in list_images(root / "data" / "dreambooth" / "cat")]
     gen = [Image.open(p).convert("RGB") for p in list_images(full_run.parent / "validation" / "step-000004")]
     direct = metrics.evaluate(real, gen, "a cat wearing a red hat")
-    assert row.keys() == {*direct, "subject", "prompt_index", "prompt"}
+    assert row.keys() == {*direct, "subject", "prompt_index", "prompt", "num_real", "num_generated"}
+    assert (row["num_real"], row["num_generated"]) == (3, 2)
     assert {k: row[k] for k in direct} == metric_approx(metrics, direct)
     assert (row["subject"], row["prompt_index"], row["prompt"]) == ("cat", 10, "a cat wearing a red hat")
     assert results["subjects"]["cat"]["dino"] == metric_approx(metrics, row["dino"])
@@ -285,12 +287,19 @@ def test_evaluation_of_the_trained_run(setup, full_run):
     assert saved["overall"]["clip_t"] == metric_approx(metrics, row["clip_t"])
     md = out.with_suffix(".md").read_text()
     assert "| cat | 1 |" in md and "LPIPS (diversity)" in md and "| OFT |" in md
+    # the "Real images" row: the 3 cat photos against each other
+    assert results["real_images"]["subjects"]["cat"]["photos"] == 3
+    assert results["real_images"]["overall"]["dino"] == metric_approx(
+        metrics, metrics.evaluate_real(real)["dino"]
+    )
+    assert "| **real images** (photo vs photo, pooled) |" in md
 
     class NoNetworks:  # a second evaluation must come from the per-run cache, computing nothing
         def evaluate(self, *a):
             raise AssertionError("recomputed a cached run")
 
-    assert evaluate.main(args, metrics=NoNetworks())["runs"] == results["runs"]
+    cached = evaluate.parse_args([*argv, "--no-real_images"])
+    assert evaluate.main(cached, metrics=NoNetworks())["runs"] == results["runs"]
     with_token = evaluate.main(evaluate.parse_args([*argv, "--clip_t_prompt", "validation"]), metrics=metrics)
     row_v = with_token["runs"]["cat-10"]
     assert row_v["prompt"] == "a qwe cat wearing a red hat" and row_v["dino"] == metric_approx(

@@ -18,6 +18,9 @@ from oft.metrics.subject import (
     lpips_real_vs_generated,
     mean_cross_similarity,
     mean_paired_similarity,
+    mean_self_similarity,
+    pair_counts,
+    real_pair_counts,
     to_lpips_input,
 )
 from tests.helpers.numerics import EFFECT, approx, network_terms, tol
@@ -47,6 +50,33 @@ def test_similarities_on_hand_made_embeddings():
         (1 + 0 + 2**-0.5 + 2**-0.5) / 4, torch.float32, n, worst_case=True
     )
     assert mean_paired_similarity(a, b) == approx((1 + 2**-0.5) / 2, torch.float32, n, worst_case=True)
+
+
+@pytest.mark.numerics
+def test_self_similarity_is_the_mean_over_ordered_pairs_without_the_diagonal():
+    # cosines: (0, 1) = 1, (0, 2) = (1, 2) = 0; ordered pairs i != j: 6, of which 2 score 1
+    e = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    assert mean_self_similarity(e) == approx(2 / 6, torch.float32, 2 + 2 + 9, worst_case=True)
+    # with the diagonal it would be 5/9; the reference's n (n - 1) pairs of n photos
+    assert real_pair_counts(3) == {"dino": 6, "clip_i": 6, "lpips": 6}
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_self_similarity(e[:1])
+    assert pair_counts(5, 4) == {
+        "dino": 20, "clip_i": 20, "clip_t": 4, "lpips": 6, "lpips_real_vs_generated": 20
+    }  # fmt: skip
+
+
+@pytest.mark.numerics
+def test_evaluate_real_scores_the_photos_against_each_other(metrics):
+    real = [photo(15), photo(16), photo(17, size=(60, 44))]
+    result = metrics.evaluate_real(real)
+    assert set(result) == {"dino", "clip_i", "lpips"}
+    expected = {
+        "dino": mean_self_similarity(metrics.dino_embed(real)),
+        "clip_i": mean_self_similarity(metrics.clip_image_embed(real)),
+        "lpips": lpips_diversity(metrics.lpips, to_lpips_input(real, metrics.lpips_size)),
+    }
+    assert result == metric_approx(metrics, expected)
 
 
 @pytest.mark.numerics

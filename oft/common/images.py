@@ -1,13 +1,15 @@
-"""Images on disk, one way each: which names are images, listing a folder, decoding, and atomic PNG writes."""
+"""Images on disk, one way each: which names are images, listing a folder, decoding, and atomic PNG/JPEG writes."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from oft.common.files import atomic_write_bytes
 
@@ -58,3 +60,11 @@ def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Path
     if not ok:
         raise ValueError(f"cannot encode an image of shape {rgb.shape} as PNG for {path}")
     return atomic_write_bytes(path, data.tobytes())
+
+
+def write_jpg(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> Path:
+    """Encode ``image`` (see ``to_uint8``) as JPEG at ``path`` atomically, with PIL's defaults (quality 75,
+    4:2:0 chroma): the encoder and settings of ``PIL.Image.save``, with which the reference wrote class images."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="JPEG")
+    return atomic_write_bytes(Path(path), buffer.getvalue())

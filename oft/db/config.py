@@ -2,6 +2,11 @@
 
 The defaults are the paper's/reference's settings (SPEC §4); the sampler settings come from
 ``oft.specs.sampling`` (``DREAMBOOTH_VALIDATION``, ``DREAMBOOTH_CLASS``), their one home.
+
+Length: 2,005 steps by default (the reference's script from 2023-06-22 to 2023-08-29, commits 680b671 and
+5f024e5: ten epochs, evaluated at step 1,000); ``--reference_schedule`` trains the 10,005 steps its script ran at
+df2b263 (``oft-db/train_dreambooth_oft.sh`` line 178, from commit c881e89), which the paper's long-run stability
+figure and appendix runs need.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_VALIDATION
 SAMPLERS = ("ddim", "dpm")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 AT_LEAST_ONE = ("r", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
+CLASS_IMAGES = ("reference", "ddim")  # oft.db.class_images.RECIPES
+DEFAULT_STEPS = 2005
+REFERENCE_STEPS = 10005  # the reference's oft-db/train_dreambooth_oft.sh at df2b263, line 178
 
 
 @dataclass
@@ -41,16 +49,30 @@ class DreamBoothConfig:
     prior_loss_weight: float = option(1.0, "weight of the class-image loss")
     num_class_images: int = option(200, "class images to generate/keep per class")
     sample_batch_size: int = option(4, "batch size when generating class images")
+    class_images: str = option(
+        "reference",
+        f"how class images are made: 'reference' ({DREAMBOOTH_CLASS.sampler.upper()} {DREAMBOOTH_CLASS.steps} "
+        f"steps, CFG {DREAMBOOTH_CLASS.guidance}, float16 on a GPU (float32 on a CPU, which lacks float16 "
+        "kernels), JPEG: diffusers' stock pipeline, as the reference) or 'ddim' (DDIM, same steps and CFG, the "
+        "run's dtype, PNG)",
+        choices=CLASS_IMAGES,
+    )
     class_inference_steps: int = option(
-        DREAMBOOTH_CLASS.steps,
-        f"{DREAMBOOTH_CLASS.sampler.upper()} steps (CFG {DREAMBOOTH_CLASS.guidance}) of each generated class image",
+        DREAMBOOTH_CLASS.steps, "sampler steps of each generated class image (either --class_images)"
     )
     # optimisation
     resolution: int = option(512, "training image size (shorter side resized, then a random square crop)")
     center_crop: bool = option(False, "center crop instead of a random crop")
     train_batch_size: int = option(1, "subject images per step (as many class images are added)")
     max_train_steps: int = option(
-        2005, "optimizer steps (an epoch is 200 steps; the paper evaluates step 1000)"
+        DEFAULT_STEPS,
+        "optimizer steps (an epoch is 200 steps; the paper evaluates step 1000; --reference_schedule: "
+        f"{REFERENCE_STEPS:,})",
+    )
+    reference_schedule: bool = option(
+        False,
+        f"train {REFERENCE_STEPS:,} steps, as the reference's train_dreambooth_oft.sh ran (the paper's long-run "
+        f"stability figure and appendix runs need them); off: --max_train_steps (default {DEFAULT_STEPS:,})",
     )
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     learning_rate: float = option(6e-5, "AdamW learning rate")
@@ -92,6 +114,16 @@ class DreamBoothConfig:
     )
     progress: bool = option(True, "progress bars")
 
+    def __post_init__(self) -> None:
+        """``reference_schedule`` sets ``max_train_steps``; another explicit step count contradicts it."""
+        if self.reference_schedule:
+            if self.max_train_steps not in (DEFAULT_STEPS, REFERENCE_STEPS):
+                raise ValueError(
+                    f"--reference_schedule trains {REFERENCE_STEPS} steps: drop --max_train_steps "
+                    f"{self.max_train_steps} (or --reference_schedule)"
+                )
+            self.max_train_steps = REFERENCE_STEPS
+
     def validate(self) -> None:
         """Check the options before any model loads; one clear message per problem."""
         for name in ("instance_data_dir", "instance_prompt", "output_dir"):
@@ -116,6 +148,8 @@ class DreamBoothConfig:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:  # the step seeds are derived from it by numpy's SeedSequence (oft.common.seeds)
             raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.class_images not in CLASS_IMAGES:
+            raise ValueError(f"--class_images must be reference or ddim, got {self.class_images!r}")
         if self.validation_sampler not in SAMPLERS:
             raise ValueError(f"--validation_sampler must be ddim or dpm, got {self.validation_sampler!r}")
         if self.checkpointing_steps < 0 or self.checkpoints_total_limit < 0:

@@ -6,8 +6,16 @@ arbitrary): for run ``{subject}-{p}`` the generated images are the first ``n`` f
 ``dreambooth/{subject}/``, sorted. CLIP-T compares with the prompt without the unique token (``Run.eval_prompt``,
 the reference's ``prompt_test_list``; CLIP has never seen "qwe"), or with the validation prompt itself
 (``clip_t_prompt="validation"``). Per-run results are cached in the run folder, so an interrupted evaluation
-resumes. Subject and overall values are means over runs (equal to the mean over all pairs, as every run
-contributes the same number of images).
+resumes.
+
+Averaging: a run's DINO / CLIP-I is its mean over n_real x n_gen (real, generated) pairs. ``overall`` pools every
+pair of every run, as the reference did (one list of pair scores across all subjects, ``oft-db/eval.py`` at
+df2b263, lines 394-415 and 427-450): a run weighs by its pair count, so subjects with more photos weigh more.
+``overall_mean_of_runs`` is the plain mean of run means. The two differ because the subjects have different
+numbers of photos; within a subject they are equal (its runs share the photos and the image count). CLIP-T and
+LPIPS pool the same way, by images and by pairs of generated images (``oft.metrics.subject.pair_counts``).
+``evaluate_real_images`` scores Table 1's "Real images" row from the dataset folder alone: each subject's photos
+against each other (every ordered pair i != j), pooled over all subjects' pairs, as the reference did.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from oft.common.files import atomic_write_bytes
 from oft.common.images import list_images
 from oft.db.layout import VALIDATION_DIR
 from oft.db.runs import run_dir
-from oft.metrics.subject import SubjectMetrics
+from oft.metrics.subject import REAL_METRICS, SubjectMetrics, pair_counts, real_pair_counts
 from oft.specs.benchmark import BUILTIN, PROMPTS_PER_SUBJECT, SETUP_HINT, PromptTable, get_run
 
 METRICS = ("dino", "clip_i", "clip_t", "lpips", "lpips_real_vs_generated")
@@ -60,11 +68,14 @@ def evaluate_runs(
     num_images: int = 4,
     clip_t_prompt: str = "plain",
     table: PromptTable = BUILTIN,
+    real_images: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Metrics of every run in ``indices`` that has ``num_images`` validation images at ``step``.
+    """Metrics of every run in ``indices`` that has ``num_images`` validation images at ``step``, and (with
+    ``real_images``) the "Real images" row of the subjects of ``indices`` (``evaluate_real_images``).
 
-    Returns ``{"runs": {name: {...}}, "subjects": {subject: {...}}, "overall": {...}, "missing": [names], ...}``.
+    Returns ``{"runs": {name: {...}}, "subjects": {subject: {...}}, "overall": {...}, "overall_mean_of_runs":
+    {...}, "real_images": {...} or None, "missing": [names], ...}``.
     """
     dataset_dir = Path(dataset_dir)
     runs, missing = {}, []
@@ -76,40 +87,95 @@ def evaluate_runs(
             missing.append(run.name)
             continue
         prompt = {"plain": run.eval_prompt, "validation": run.validation_prompt}[clip_t_prompt]
+        real = subject_photos(dataset_dir, run.subject)
         cache = folder / f"metrics-step-{step:06d}-n{num_images}-{clip_t_prompt}.json"
-        stamp = [p.name for p in gen] + [p.stat().st_mtime_ns for p in gen]
+        stamp = [p.name for p in gen] + [p.stat().st_mtime_ns for p in gen] + [p.name for p in real]
         if cache.is_file() and (cached := json.loads(cache.read_text())).get("stamp") == stamp:
             runs[run.name] = cached["result"]
             continue
-        real = list_images(dataset_dir / run.subject)
-        if not real:
-            raise FileNotFoundError(f"no real images of {run.subject} in {dataset_dir}: {SETUP_HINT}")
-        result = {"subject": run.subject, "prompt_index": run.prompt_index, "prompt": prompt}
+        result = {
+            "subject": run.subject,
+            "prompt_index": run.prompt_index,
+            "prompt": prompt,
+            "num_real": len(real),
+            "num_generated": len(gen),
+        }
         result.update(metrics.evaluate(_open(real), _open(gen), prompt))
         atomic_write_bytes(cache, json.dumps({"stamp": stamp, "result": result}, indent=1).encode())
         runs[run.name] = result
-    return summarise(runs, missing, step=step, num_images=num_images, clip_t_prompt=clip_t_prompt)
+    subjects = list(dict.fromkeys(get_run(i, table).subject for i in indices))
+    real_row = evaluate_real_images(metrics, subjects, dataset_dir) if real_images else None
+    return summarise(
+        runs, missing, step=step, num_images=num_images, clip_t_prompt=clip_t_prompt, real_images=real_row
+    )
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows)
+def subject_photos(dataset_dir: Path, subject: str) -> list[Path]:
+    """All photos of ``subject`` in the dataset folder, sorted; one line naming the folder when there are none."""
+    real = list_images(dataset_dir / subject)
+    if not real:
+        raise FileNotFoundError(f"no real images of {subject} in {dataset_dir}: {SETUP_HINT}")
+    return real
+
+
+def pooled_mean(values: Sequence[float], counts: Sequence[int]) -> float:
+    """The mean over all the pairs behind ``values``: value i is a mean over ``counts[i]`` pair scores."""
+    return sum(v * n for v, n in zip(values, counts, strict=True)) / sum(counts)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def pool_runs(rows: list[dict]) -> dict[str, float]:
+    """Each metric pooled over every pair (or image) of ``rows`` (runs with ``num_real``/``num_generated``)."""
+    counts = [pair_counts(r["num_real"], r["num_generated"]) for r in rows]
+    return {m: pooled_mean([r[m] for r in rows], [c[m] for c in counts]) for m in METRICS}
 
 
 def summarise(runs: dict[str, dict], missing: list[str], **info) -> dict:
-    """Per-subject and overall means over runs."""
+    """Per subject and overall: pooled over all pairs (``subjects``, ``overall``: the reference's numbers) and
+    the mean of run means (``overall_mean_of_runs``)."""
     subjects: dict[str, list[dict]] = {}
     for row in runs.values():
         subjects.setdefault(row["subject"], []).append(row)
-    per_subject = {
-        s: {"runs": len(rows), **{m: _mean(rows, m) for m in METRICS}} for s, rows in subjects.items()
-    }
+    per_subject = {s: {"runs": len(rows), **pool_runs(rows)} for s, rows in subjects.items()}
     rows = list(runs.values())
-    overall = {"runs": len(rows), **({m: _mean(rows, m) for m in METRICS} if rows else {})}
-    return {**info, "runs": runs, "subjects": per_subject, "overall": overall, "missing": missing}
+    overall = {"runs": len(rows), **(pool_runs(rows) if rows else {})}
+    mean_of_runs = {"runs": len(rows), **({m: _mean([r[m] for r in rows]) for m in METRICS} if rows else {})}
+    return {
+        **info,
+        "runs": runs,
+        "subjects": per_subject,
+        "overall": overall,
+        "overall_mean_of_runs": mean_of_runs,
+        "missing": missing,
+    }
+
+
+def evaluate_real_images(
+    metrics: SubjectMetrics, subjects: Sequence[str], dataset_dir: str | os.PathLike
+) -> dict:
+    """Table 1's "Real images" row: DINO, CLIP-I and LPIPS among each subject's own photos (every ordered pair
+    i != j), per subject, pooled over all subjects' pairs (``overall``, the reference's) and as the mean of
+    subject means (``overall_mean_of_subjects``)."""
+    dataset_dir = Path(dataset_dir)
+    per_subject = {}
+    for subject in subjects:
+        real = subject_photos(dataset_dir, subject)
+        per_subject[subject] = {"photos": len(real), **metrics.evaluate_real(_open(real))}
+    rows = list(per_subject.values())
+    counts = [real_pair_counts(r["photos"]) for r in rows]
+    return {
+        "subjects": per_subject,
+        "overall": {m: pooled_mean([r[m] for r in rows], [c[m] for c in counts]) for m in REAL_METRICS},
+        "overall_mean_of_subjects": {m: _mean([r[m] for r in rows]) for m in REAL_METRICS},
+    }
 
 
 def to_markdown(results: dict) -> str:
-    """The results table: one row per subject, then overall, then the paper's Table 1 for comparison."""
+    """The results table: one row per subject, overall (pooled, then mean of run means), the real images' own
+    row (when computed), then the paper's Table 1 for comparison."""
     head = "| subject | runs | DINO | CLIP-I | CLIP-T | LPIPS (diversity) | LPIPS (real vs gen.) |\n|---|---|---|---|---|---|---|"
 
     def row(name: str, r: dict) -> str:
@@ -124,7 +190,14 @@ def to_markdown(results: dict) -> str:
         *(row(s, r) for s, r in sorted(results["subjects"].items())),
     ]
     if results["overall"].get("runs"):
-        lines.append(row("**overall**", results["overall"]))
+        lines.append(row("**overall** (pooled over all pairs, the reference's)", results["overall"]))
+        lines.append(row("overall (mean of run means)", results["overall_mean_of_runs"]))
+    if results["real_images"]:
+        real = results["real_images"]
+        lines.append(row("**real images** (photo vs photo, pooled)", {**real["overall"], "runs": "–"}))
+        lines.append(
+            row("real images (mean of subject means)", {**real["overall_mean_of_subjects"], "runs": "–"})
+        )
     if results["missing"]:
         lines += [
             "",

@@ -37,7 +37,7 @@ from oft.db.checkpoints import (
     save_checkpoint,
 )
 from oft.db.checks import Inputs, check_block_sizes, check_inputs
-from oft.db.class_images import ensure_class_images
+from oft.db.class_images import RECIPES, ensure_class_images
 from oft.db.config import DreamBoothConfig
 from oft.db.data import NOISE_STREAM, DreamBoothSteps, StepSampler
 from oft.db.layout import ADAPTER_NAME, LOG_FILE, RUN_INFO, VALIDATION_DIR
@@ -45,7 +45,6 @@ from oft.db.validation import merged_for_inference, validation_images
 from oft.sd import load_sd
 from oft.sd.models import SDModels
 from oft.sd.targets import DB_TARGETS
-from oft.specs.sampling import DREAMBOOTH_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +188,7 @@ def make_class_images(cfg: DreamBoothConfig, models: SDModels) -> tuple[list[Pat
     """(the class images of the run, how many were generated now); (None, 0) without prior preservation."""
     if not cfg.with_prior_preservation:
         return None, 0
+    recipe = RECIPES[cfg.class_images]
     generated = ensure_class_images(
         models,
         cfg.class_data_dir,
@@ -197,7 +197,7 @@ def make_class_images(cfg: DreamBoothConfig, models: SDModels) -> tuple[list[Pat
         size=cfg.resolution,
         seed=cfg.seed,
         batch_size=cfg.sample_batch_size,
-        sampling=replace(DREAMBOOTH_CLASS, steps=cfg.class_inference_steps),
+        recipe=replace(recipe, sampling=replace(recipe.sampling, steps=cfg.class_inference_steps)),
         progress=cfg.progress,
     )
     return list_images(cfg.class_data_dir)[: cfg.num_class_images], generated

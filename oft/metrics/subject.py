@@ -6,6 +6,12 @@
 - LPIPS (the paper's definition): *diversity* — mean LPIPS distance over all unordered pairs of generated images
   of the same subject and prompt. The reference computed real-vs-generated LPIPS instead; that variant is
   reported too, labelled ``lpips_real_vs_generated``. Network: VGG (the reference's ``lpips.LPIPS(net="vgg")``).
+- Real images (Table 1's first row, ``evaluate_real``): the same scores between a subject's own photos, over
+  every ordered pair (i, j) with i != j, as the reference's ``SelfPairwiseImageDataset{DINO,CLIP,LPIPS}``
+  (``oft-db/eval.py`` at df2b263, lines 188-254: n (n - 1) pairs of n photos).
+
+Each score here is a mean over pairs (or images); ``pair_counts`` / ``real_pair_counts`` say how many, so that a
+caller can pool several sets over all their pairs, as the reference did, instead of averaging their means.
 
 The maths is in small functions of embeddings; ``SubjectMetrics`` holds the networks (real weights via
 ``load_subject_metrics``, or tiny random ones of the same classes in tests).
@@ -26,6 +32,7 @@ from oft.sd.tokenizer import build_tokenizer
 DINO_MODEL = "facebook/dino-vits16"
 CLIP_MODEL = "openai/clip-vit-large-patch14"
 LPIPS_NET = "vgg"
+REAL_METRICS = ("dino", "clip_i", "lpips")
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -36,6 +43,33 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mean_cross_similarity(real: torch.Tensor, generated: torch.Tensor) -> float:
     """Mean cosine similarity over all (real, generated) embedding pairs (DINO, CLIP-I)."""
     return cosine_matrix(real, generated).mean().item()
+
+
+def mean_self_similarity(embeddings: torch.Tensor) -> float:
+    """Mean cosine similarity over all ordered pairs (i, j), i != j, of one set (N, D), N >= 2 (real images)."""
+    n = len(embeddings)
+    if n < 2:
+        raise ValueError(f"self-pairwise similarity needs at least 2 images, got {n}")
+    sims = cosine_matrix(embeddings, embeddings)
+    return ((sims.sum() - sims.diagonal().sum()) / (n * (n - 1))).item()
+
+
+def pair_counts(num_real: int, num_generated: int) -> dict[str, int]:
+    """How many scores each metric of ``SubjectMetrics.evaluate`` averages, for pooling over runs."""
+    cross = num_real * num_generated
+    return {
+        "dino": cross,
+        "clip_i": cross,
+        "clip_t": num_generated,
+        "lpips": num_generated * (num_generated - 1) // 2,
+        "lpips_real_vs_generated": cross,
+    }
+
+
+def real_pair_counts(num_real: int) -> dict[str, int]:
+    """How many ordered pairs each metric of ``SubjectMetrics.evaluate_real`` averages (LPIPS is symmetric, so
+    its mean over the unordered pairs is the same)."""
+    return dict.fromkeys(REAL_METRICS, num_real * (num_real - 1))
 
 
 def mean_paired_similarity(images: torch.Tensor, texts: torch.Tensor) -> float:
@@ -143,6 +177,14 @@ class SubjectMetrics:
             "clip_t": mean_paired_similarity(gen_clip, self.clip_text_embed([prompt] * len(generated))),
             "lpips": lpips_diversity(self.lpips, lp_gen),
             "lpips_real_vs_generated": lpips_real_vs_generated(self.lpips, lp_real, lp_gen),
+        }
+
+    def evaluate_real(self, real: list[Image.Image]) -> dict[str, float]:
+        """DINO, CLIP-I and LPIPS among one subject's own photos (>= 2): the "Real images" row of Table 1."""
+        return {
+            "dino": mean_self_similarity(self.dino_embed(real)),
+            "clip_i": mean_self_similarity(self.clip_image_embed(real)),
+            "lpips": lpips_diversity(self.lpips, to_lpips_input(real, self.lpips_size)),
         }
 
 

@@ -1,4 +1,5 @@
-"""The paper's samplers with classifier-free guidance: DDIM (control evaluation) and DPM-Solver (DreamBooth).
+"""The paper's samplers with classifier-free guidance: DDIM (control evaluation), DPM-Solver (DreamBooth) and
+PNDM (SD1.5's own scheduler, which made the reference's DreamBooth class images).
 
 Seeds are per item: item i's initial noise (and DDIM's η-noise) comes from ``Generator().manual_seed(seeds[i])``,
 so an image depends on its own seed and prompt only, not on how the items were batched, up to floating-point
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from oft.sd.configs import LATENT_CHANNELS, VAE_DOWNSAMPLE
 from oft.sd.models import SDModels
 from oft.specs.sampling import CONTROL_EVAL
 
-SAMPLERS = ("ddim", "dpm")
+SAMPLERS = ("ddim", "dpm", "pndm")
 
 
 def make_scheduler(sampler: str, training_config: Any) -> SchedulerMixin:
@@ -37,6 +38,14 @@ def make_scheduler(sampler: str, training_config: Any) -> SchedulerMixin:
     if sampler == "dpm":  # diffusers' SD default: 2nd-order multistep DPM-Solver++
         return DPMSolverMultistepScheduler.from_config(
             training_config, algorithm_type="dpmsolver++", solver_order=2
+        )
+    if sampler == "pndm":  # SD1.5's scheduler_config.json: PLMS steps only, leading spacing with offset 1
+        return PNDMScheduler.from_config(
+            training_config,
+            skip_prk_steps=True,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            timestep_spacing="leading",
         )
     raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class SamplerPreset:
-    """A sampler (``ddim`` or ``dpm``: DPM-Solver++ multistep), its steps, CFG scale and DDIM eta."""
+    """A sampler (``ddim``, ``dpm``: DPM-Solver++ multistep, or ``pndm``: SD1.5's PLMS), its steps, CFG scale
+    and DDIM eta."""
 
     sampler: str
     steps: int
@@ -25,7 +26,11 @@ CONTROL_EVAL = SamplerPreset("ddim", 50, 9.0)
 CONTROL_GRID = SamplerPreset("ddim", 20, CONTROL_EVAL.guidance)
 # DreamBooth validation images and oft-db/generate.py (the reference: DPM-Solver++ 25 steps, CFG 7.5)
 DREAMBOOTH_VALIDATION = SamplerPreset("dpm", 25, 7.5)
-# DreamBooth class images (the reference: diffusers' stock pipeline, 50 steps, CFG 7.5; ours DDIM 50)
-DREAMBOOTH_CLASS = SamplerPreset("ddim", 50, DREAMBOOTH_VALIDATION.guidance)
+# DreamBooth class images as the reference made them: diffusers' stock pipeline called with the prompt alone
+# (train_dreambooth_oft.py at df2b263, lines 625-645), i.e. SD1.5's own scheduler (PNDM, PLMS steps only), its
+# default 50 steps and CFG 7.5
+DREAMBOOTH_CLASS = SamplerPreset("pndm", 50, 7.5)
+# the alternative, --class_images ddim: DDIM 50, the same CFG
+DREAMBOOTH_CLASS_DDIM = SamplerPreset("ddim", DREAMBOOTH_CLASS.steps, DREAMBOOTH_CLASS.guidance)
 # the CPU demo's sampling of its 64-px tiny base
 DEMO = SamplerPreset("ddim", 20, 5.0)

@@ -7,7 +7,10 @@
 The reference's ablation evaluated one prompt index per subject (``-4``) at epoch 4 (step 1000); that is the
 default here; ``eval_benchmark.py`` runs all 25. Images: the first ``--num_images`` sorted validation images of
 the step; all real photos of the subject. LPIPS is the paper's diversity among generated images; the reference's
-real-vs-generated LPIPS is reported alongside, labelled. Writes ``results.json`` and ``results.md``.
+real-vs-generated LPIPS is reported alongside, labelled. Overall values are pooled over all pairs of all runs (the
+reference's number) and, on the next row, the mean of run means. The "real images" row (Table 1's first) scores
+each subject's photos against each other, from the dataset folder (``--no-real_images`` skips it). Writes
+``results.json`` and ``results.md``.
 Models come from local folders or the Hugging Face cache (``--dino``, ``--clip``).
 """
 
@@ -41,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("plain", "validation"),
         default="plain",
         help="CLIP-T text: the prompt without the unique token (plain, default) or with it (validation)",
+    )
+    p.add_argument(
+        "--real_images",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also score the subjects' photos against each other: the paper's 'Real images' row (default: on)",
     )
     p.add_argument("--results_dir", default=None, help="where results.json/.md go (default: OUTPUT_ROOT)")
     p.add_argument("--dino", default=DINO_MODEL, help="DINO ViT-S/16: hub name (cached) or local folder")
@@ -77,6 +86,7 @@ def main(args: argparse.Namespace, metrics=None) -> dict:
         num_images=args.num_images,
         clip_t_prompt=args.clip_t_prompt,
         table=table,
+        real_images=args.real_images,
     )
     if not results["runs"]:
         raise FileNotFoundError(
