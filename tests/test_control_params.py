@@ -23,11 +23,18 @@ def _tool():
     return tool_add_control_oft_cli
 
 
-def test_unused_mlp_is_the_paper_difference():
-    assert UNUSED_TIME_MLP == 2_050_560
-    # the paper's totals = OFT DOF + hint encoder (1,086,480) + the unused MLP, to the reported 0.1M
-    for r, (dof, total) in PAPER_TABLE3.items():
-        assert f"{(dof + 1_086_480 + UNUSED_TIME_MLP) / 1e6:.1f}M" == total, r
+@pytest.mark.parametrize("r", [2, 4, 8, 16])
+def test_counting_gives_paper_table3(r):
+    """The counting code on the weight-free SD1.5 UNet: the paper's DOF exactly, and its total to the reported
+    0.1M once the reference's unused time-embedding MLP is added."""
+    row = count_control_parameters(r)
+    dof, total = PAPER_TABLE3[r]
+    assert (row.r, row.layers, row.oft_dof, row.hint_encoder) == (r, 144, dof, 1_086_480)
+    assert (
+        UNUSED_TIME_MLP == 2_050_560
+        and row.reference_total == row.oft_dof + row.hint_encoder + UNUSED_TIME_MLP
+    )
+    assert f"{row.reference_total / 1e6:.1f}M" == total
 
 
 def test_count_only_prints_the_four_figures(capsys):

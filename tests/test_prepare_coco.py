@@ -168,7 +168,9 @@ def test_subsets_are_seeded_nested_and_named_by_the_task_table(tmp_path, capsys)
         "canny1k": first["canny1k"]
     }
     for name, ids in first.items():
-        assert len(ids) == len(set(ids)) == get_task(name).subset and ids == sorted(ids)  # file order kept
+        assert len(ids) == len(set(ids)) == get_task(name).subset.value and ids == sorted(
+            ids
+        )  # file order kept
     assert set(first["canny1k"]) < set(first["canny5k"])  # nested: one seeded permutation, cut at N
 
 

@@ -2,8 +2,8 @@
 samples (``Sampling``). Their fields are the paper's settings (SPEC §3) with their --help text; the command lines
 generate their flags from them (``oft.cli.flags``), so this module is the one home of every oft-control default.
 
-Per-task values (epochs, batch size per GPU, data folders) live in ``oft.specs.tasks.TASKS``; the samplers in
-``oft.specs.sampling``.
+Per-task values (epochs, batch size per GPU, sample-grid frequency, data folders; each with its source) live in
+``oft.specs.tasks.TASKS``; the samplers in ``oft.specs.sampling``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 from oft.common.options import option
 from oft.common.paths import DATA_ROOT_FLAGS
 from oft.control.data import SYNTHETIC, build_dataset
-from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID
+from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID, CONTROL_PROMPT_SUFFIX, CONTROL_SAMPLING_CHUNK
 from oft.specs.synthetic import HINT_KINDS
-from oft.specs.tasks import TASKS, get_task
+from oft.specs.tasks import SHARED, TASKS, get_task
 
 # The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/last.ckpt, logs/{tensorboard,csv}/, samples/
 # (the grids) and snapshots/step_<N>.safetensors (--snapshot_every) of train.py, then
@@ -28,9 +28,17 @@ FINAL_MODEL = "control_final.safetensors"  # train.py's trained model
 NORM_MODEL = "control_norm.safetensors"  # train_with_norm.py's magnitude-fitted model
 NORM_DIR = "norm"  # post-fitting's checkpoints/ and logs/
 GENERATED_DIR = "generated"  # the sampler's default output folder
-# The synthetic task (tests, CPU demo) is not a paper task; these stand in for its TASKS entry.
-SYNTHETIC_EPOCHS = 10
-SYNTHETIC_BATCH_SIZE = 4
+# The Training fields a task's entry in TASKS sets. The synthetic task (tests, CPU demo) is not a paper task;
+# these values stand in for its entry.
+SYNTHETIC_DEFAULTS = {"epochs": 10, "batch_size": 4, "sample_every": 1000}
+
+
+def _per_task(name: str) -> str:
+    """--help text of a per-task default: every task's value, then the other source's where they disagree."""
+    values = ", ".join(f"{t.name} {getattr(t, name).value}" for t in TASKS.values())
+    others = [(t.name, getattr(t, name)) for t in TASKS.values() if getattr(t, name).other is not None]
+    other = "".join(f"; {task}: {s.other} ({s.other_source})" for task, s in others)
+    return f"[default: the task's ({values}){other}; sources: oft.specs.tasks.settings_markdown]"
 
 
 def _positive(owner: object, *names: str) -> None:
@@ -105,24 +113,22 @@ class Experiment:
             **options,
         )
 
-    def task_defaults(self) -> tuple[int, int]:
-        """(epochs, batch size per GPU) of the task: the reference's per-task values from ``TASKS``."""
+    def task_defaults(self) -> dict[str, int]:
+        """The task's epochs, batch size per GPU and sample-grid frequency (``TASKS``; see its sources)."""
         if self.control == SYNTHETIC:
-            return SYNTHETIC_EPOCHS, SYNTHETIC_BATCH_SIZE
+            return dict(SYNTHETIC_DEFAULTS)
         task = get_task(self.control)
-        return task.epochs, task.batch_size
+        return {name: getattr(task, name).value for name in SYNTHETIC_DEFAULTS}
 
 
 @dataclass(frozen=True)
 class Training:
     """How a run trains (train.py): optimizer, length, precision, scale-out, checkpoints, logs, sample grids."""
 
-    lr: float = option(1e-5, "AdamW learning rate")
+    lr: float = option(SHARED["lr"].value, "AdamW learning rate (every task's, the reference's)")
     weight_decay: float = option(0.01, "AdamW weight decay (torch's AdamW default, as the reference)")
-    batch_size: int | None = option(None, "images per GPU per step (default: the task's, 16; landmark 4)")
-    epochs: int | None = option(
-        None, "training epochs (default: the task's reference value, e.g. segm 20, canny 11)"
-    )
+    batch_size: int | None = option(None, f"images per GPU per step {_per_task('batch_size')}")
+    epochs: int | None = option(None, f"training epochs {_per_task('epochs')}")
     precision: str = option(
         "32",
         "Lightning precision; the paper trained in fp32 (rotations are always float32)",
@@ -137,9 +143,11 @@ class Training:
     resume: str = option(
         "auto", "auto (continue from <run folder>/checkpoints/last.ckpt if present), none, or a .ckpt path"
     )
-    log_every: int = option(50, "log the loss every N steps")
+    log_every: int = option(SHARED["log_every"].value, "log the loss every N steps")
     save_every: int = option(500, "rewrite checkpoints/last.ckpt every N steps")
-    sample_every: int = option(1000, "write a sample grid every N steps, 0 = never")
+    sample_every: int | None = option(
+        None, f"write a sample grid every N steps, 0 = never {_per_task('sample_every')}"
+    )
     snapshot_every: int = option(
         0,
         "also export the model every N steps to <run folder>/snapshots/step_<N>.safetensors, for learning "
@@ -170,13 +178,14 @@ class Training:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"--max_grad_norm must be positive, got {self.max_grad_norm}")
         for name in ("sample_every", "snapshot_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name} must be >= 0, got {value}")
 
     def for_task(self, experiment: Experiment) -> Training:
-        """This config with epochs and batch size filled in from the task where they were not given."""
-        epochs, batch_size = experiment.task_defaults()
-        return replace(self, epochs=self.epochs or epochs, batch_size=self.batch_size or batch_size)
+        """This config with epochs, batch size and sample-grid frequency filled in from the task where not given."""
+        defaults = experiment.task_defaults()
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 @dataclass(frozen=True)
@@ -197,7 +206,15 @@ class Sampling:
     )
     eta: float = option(CONTROL_EVAL.eta, "DDIM eta")
     num_samples: int = option(6, "samples per condition")
-    batch: int = option(30, "items per chunk; --img_ID N processes chunk N (reference interface)")
+    batch: int = option(
+        CONTROL_SAMPLING_CHUNK,
+        "items per chunk, as the reference's --batch; --img_ID N processes items N*batch .. N*batch+batch-1",
+    )
+    bare_prompt: bool = option(
+        False,
+        f"condition on the bare caption; default: caption + {CONTROL_PROMPT_SUFFIX!r} as the reference sampled "
+        "(its empty added prompt, one more token)",
+    )
     full: bool = option(
         True, "the full validation list prompt_val_blip_full.json, as the paper evaluated [default: on]"
     )
@@ -215,3 +232,7 @@ class Sampling:
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "num_samples", "batch", "workers", "threads")
+
+    def prompt(self, caption: str) -> str:
+        """The text an item with ``caption`` is sampled with: ``caption + ", "`` (the reference's), or bare."""
+        return caption if self.bare_prompt else caption + CONTROL_PROMPT_SUFFIX

@@ -169,7 +169,7 @@ def sample_item(job: SamplingJob, cm: ControlModel, item: dict, index: int) -> N
     images = generate(
         cm,
         item["hint"][None].expand(k, -1, -1, -1),
-        [item["txt"]] * k,
+        [job.sampling.prompt(item["txt"])] * k,
         seeds=[sample_seed(job.seed, index, n) for n in range(k)],
         steps=job.sampling.steps,
         guidance=job.sampling.guidance,

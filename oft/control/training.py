@@ -255,11 +255,13 @@ def fit(
     sample_dataset: Dataset | None = None,
     export_extra: dict[str, object] | None = None,
 ) -> L.Trainer:
-    """Train ``module`` on ``dataset`` (shuffled by ``seed``) as ``cfg`` says (its epochs and batch size given:
-    ``Training.for_task``), in the run folder ``out_dir``, resuming from ``cfg.resume``; snapshots carry
-    ``export_extra`` in their metadata."""
-    if cfg.epochs is None or cfg.batch_size is None:
-        raise ValueError("fit needs the epochs and batch size: pass Training.for_task(experiment)")
+    """Train ``module`` on ``dataset`` (shuffled by ``seed``) as ``cfg`` says (its epochs, batch size and
+    sample-grid frequency given: ``Training.for_task``), in the run folder ``out_dir``, resuming from
+    ``cfg.resume``; snapshots carry ``export_extra`` in their metadata."""
+    if None in (cfg.epochs, cfg.batch_size, cfg.sample_every):
+        raise ValueError(
+            "fit needs the epochs, batch size and sample-grid frequency: pass Training.for_task(experiment)"
+        )
     ckpt_dir = out_dir / CHECKPOINTS
     candidates = resume_candidates(cfg.resume, ckpt_dir)
     if cfg.resume == "auto" and candidates and candidates[0].name != LAST:

@@ -203,8 +203,9 @@ class Demo:
     def sample(self, method: str, seed: int, step: int | None = None) -> Path:
         """Sample the validation items with ``method``'s trained model (``step``: its snapshot at that step)."""
         c = self.cfg
+        # bare captions: the tiny base was pretrained and the methods trained on them (no reference job to match)
         sampling = Sampling(steps=c.sample_steps, guidance=c.guidance, num_samples=1, batch=c.val_items,
-                            full=False, workers=c.devices, threads=c.threads)  # fmt: skip
+                            full=False, workers=c.devices, threads=c.threads, bare_prompt=True)  # fmt: skip
         exp = self.experiment("oft" if method in ("base", "lora") else method, "val", seed)
         trained = (
             self.final_file(method, seed) if step is None else snapshot_path(self.run_dir(method, seed), step)

@@ -41,7 +41,7 @@ COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 DATASET_DIR = "COCO"
 CANNY = TASKS["canny"]
 DEPTH = TASKS["depth"]
-SUBSET_TASKS = tuple(t for t in TASKS.values() if t.dataset_dir == DATASET_DIR and t.subset is not None)
+SUBSET_TASKS = tuple(t for t in TASKS.values() if t.dataset_dir == DATASET_DIR and t.subset.value is not None)
 
 
 # ------------------------------------------------------------------------------------------ captions
@@ -206,10 +206,12 @@ def write_subsets(out: Path, seed: int, tasks: Iterable[Task] = SUBSET_TASKS) ->
     order = seeded_order(len(entries), seed)
     written = []
     for task in tasks:
-        if task.subset > len(entries):
-            say(f"{task.name}: needs {task.subset:,} training items, only {len(entries):,} prepared: skipped")
+        if task.subset.value > len(entries):
+            say(
+                f"{task.name}: needs {task.subset.value:,} training items, only {len(entries):,} prepared: skipped"
+            )
             continue
-        keep = sorted(order[: task.subset])
+        keep = sorted(order[: task.subset.value])
         _write_jsonl(
             out / task.split_subdir("train") / task.caption_name("train"), (entries[i] for i in keep)
         )

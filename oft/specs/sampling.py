@@ -34,3 +34,9 @@ DREAMBOOTH_CLASS = SamplerPreset("pndm", 50, 7.5)
 DREAMBOOTH_CLASS_DDIM = SamplerPreset("ddim", DREAMBOOTH_CLASS.steps, DREAMBOOTH_CLASS.guidance)
 # the CPU demo's sampling of its 64-px tiny base
 DEMO = SamplerPreset("ddim", 20, 5.0)
+
+# The reference sampled every validation item with the prompt caption + ", " + a_prompt and an empty a_prompt
+# (oft-control/test_oft_parallel.py:49 and :135 at df2b263): one token more than the caption, a trailing comma.
+CONTROL_PROMPT_SUFFIX = ", "
+# Items per --img_ID chunk of the reference's test_oft_parallel.py (--batch, default 20, line 80).
+CONTROL_SAMPLING_CHUNK = 20

@@ -3,7 +3,9 @@ control kept in the unconditional branch, 6 samples per condition, each seeded b
 do not depend on how the work is split (byte for byte at equal --threads on the same device and software:
 other thread counts change the last bits of some pixels). Finished items are skipped, so a killed job just
 runs again. An item whose files cannot be read stops the run before sampling, naming its index and file
-(--skip-unreadable: record it in <out>/excluded/ for the evaluators and sample the others).
+(--skip-unreadable: record it in <out>/excluded/ for the evaluators and sample the others). As the reference,
+each item is sampled with the prompt "<caption>, " (its empty added prompt: one more token) and chunks hold 20
+items; --bare_prompt samples with the caption alone.
 
     python oft-control/test_oft_parallel.py --img_ID=1 --eps=1e-3 --r=4 --coft      # chunk 1 (a job-array task)
     python oft-control/test_oft_parallel.py --eps=1e-3 --r=4 --coft                 # all chunks, one worker per GPU
@@ -31,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="img_ID",
         type=int,
         default=None,
-        help="process only chunk N (items N*batch .. N*batch+batch-1); default: all chunks locally",
+        help="process only chunk N: items N*batch .. N*batch+batch-1 (20N .. 20N+19 at the default --batch, "
+        "the items of the reference's job-array task N); default: all chunks locally",
     )
     p.add_argument(
         *flag_names("model"),

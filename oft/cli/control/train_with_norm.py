@@ -6,6 +6,10 @@ its rotations and hint encoder, add a per-output scale to every OFT layer (init 
 reads <run folder>/control_final.safetensors (or --model) and writes <run folder>/control_norm.safetensors;
 checkpoints and logs go to <run folder>/norm/. The paper fitted one extra epoch (default); the reference code
 ran 5 (--epochs 5).
+
+The flags name the run, as for train.py: with none, the plain-OFT run (r 4). The reference's script instead read
+a hard-coded COFT run (eps 1e-3, r 4, epoch 19: train_with_norm.py:53-56 at df2b263) whatever its flags said;
+pass --coft for that one (a default of --coft here would make "drop --coft" post-fit, and overwrite, the COFT run).
 """
 
 from __future__ import annotations
