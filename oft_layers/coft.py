@@ -31,7 +31,7 @@ def _project(model: nn.Module) -> tuple[dict[torch.device, torch.Tensor], dict[t
             continue
         R = layer.R
         norms = torch.linalg.matrix_norm(R.to(_norm_dtype(R)), ord="fro", keepdim=True)  # (r, 1, 1) or (1, 1)
-        rho = layer.config.radius(layer.block_size)
+        rho = layer.radius()
         outside = norms > rho * (1 + ON_BALL_RTOL)
         factor = torch.where(outside, rho / norms, torch.ones_like(norms))
         R.mul_(factor.to(R.dtype))

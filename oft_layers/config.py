@@ -7,6 +7,10 @@ from dataclasses import asdict, dataclass
 
 PATHS = ("auto", "weight", "input", "dense")
 CAYLEY_METHODS = ("exact", "neumann")
+# How an nn.Conv2d filter w_j (in, kh, kw) is cut into blocks; both rotate each filter flattened in (in, kh, kw)
+# order. "flat": r blocks of in*kh*kw/r entries; "channel": the reference's OFTInjectedConv2d layout, one block
+# per input channel rotating its kh*kw patch (in blocks of kh*kw, r not used; a 1x1 conv then has no freedom).
+CONV_LAYOUTS = ("flat", "channel")
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,8 @@ class OFTConfig:
     magnitude: add a trainable per-output scale ``s`` (magnitude post-fitting, "re-scaled OFT").
     path: "auto" picks the cheaper of "weight" (rotate W) and "input" (rotate x) per call; "dense" is the
         reference's approach (a dense block-diagonal matrix rebuilt every forward), kept as a baseline.
+    conv_layout: the blocks of an nn.Conv2d (``CONV_LAYOUTS``): "flat" (r blocks over the flattened filter) or
+        "channel" (the reference's: one kh*kw block per input channel); Linear layers ignore it.
     """
 
     r: int = 4
@@ -31,6 +37,7 @@ class OFTConfig:
     neumann_terms: int = 5
     magnitude: bool = False
     path: str = "auto"
+    conv_layout: str = "flat"
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
@@ -43,6 +50,8 @@ class OFTConfig:
             raise ValueError(f"neumann_terms must be >= 1, got {self.neumann_terms}")
         if self.path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.conv_layout not in CONV_LAYOUTS:
+            raise ValueError(f"conv_layout must be one of {CONV_LAYOUTS}, got {self.conv_layout!r}")
 
     def block_size(self, features: int, where: str = "layer") -> int:
         """``features / r``, or a clear error when r does not divide the width."""
@@ -54,10 +63,13 @@ class OFTConfig:
             )
         return features // self.r
 
-    def radius(self, b: int) -> float:
-        """COFT radius of one block: ``eps * b^2 / sqrt(r)``, or ``eps * b^2`` for a shared block."""
+    def radius(self, b: int, blocks: int | None = None) -> float:
+        """COFT radius of one block: ``eps * b^2 / sqrt(blocks)`` (``blocks``: the layer's block count, default
+        r), or ``eps * b^2`` for a shared block."""
         assert self.eps is not None
-        return self.eps * b * b if self.block_share else self.eps * b * b / math.sqrt(self.r)
+        n = self.r if blocks is None else blocks
+        return self.eps * b * b if self.block_share else self.eps * b * b / math.sqrt(n)
 
     def to_dict(self) -> dict:
+        """The options as a plain dict (what adapter files record per layer)."""
         return asdict(self)

@@ -48,7 +48,7 @@ def inject(model: nn.Module, targets: Sequence[str], **options) -> list[str]:
     """Wrap every Linear/Conv2d whose module path fully matches one of the regexes ``targets`` (other matched
     modules, e.g. containers, are passed over; a pattern matching no Linear/Conv2d is an error); the wrapped
     base layers are frozen. Options are ``OFTConfig``'s (r, eps, coft, block_share, cayley, neumann_terms, magnitude,
-    path). Returns the wrapped names. Matching by path, not by class, so another attention implementation
+    path, conv_layout). Returns the wrapped names. Matching by path, not by class, so another attention implementation
     cannot silently drop layers.
     """
     if isinstance(targets, str) or not targets:
@@ -116,9 +116,10 @@ def enable_magnitude(model: nn.Module) -> int:
 
 
 def rotation_dof(layer: OFTLayer) -> int:
-    """Free parameters of a layer's rotation: skew degrees of freedom ``r*b(b-1)/2`` (shared: ``b(b-1)/2``)."""
+    """Free parameters of a layer's rotation: skew degrees of freedom ``r*b(b-1)/2`` (shared: ``b(b-1)/2``),
+    r being the layer's block count."""
     b = layer.block_size
-    return (1 if layer.config.block_share else layer.config.r) * b * (b - 1) // 2
+    return (1 if layer.config.block_share else layer.blocks) * b * (b - 1) // 2
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -31,7 +31,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def adapter_metadata(model: nn.Module) -> dict[str, str]:
     """String metadata describing the adapter: format, Cayley convention, per-layer options, and the common
-    r/eps/coft/block_share when all layers agree."""
+    r/eps/coft/block_share/magnitude/conv_layout when all layers agree."""
     layers = {name: layer.config.to_dict() for name, layer in oft_modules(model)}
     if not layers:
         raise ValueError("the model has no OFT layers; inject(model, targets, ...) first")
@@ -42,7 +42,7 @@ def adapter_metadata(model: nn.Module) -> dict[str, str]:
         "layers": json.dumps(layers),
         "targets": json.dumps(list(layers)),
     }
-    for key in ("r", "eps", "coft", "block_share", "magnitude"):
+    for key in ("r", "eps", "coft", "block_share", "magnitude", "conv_layout"):
         values = {json.dumps(cfg[key]) for cfg in layers.values()}
         if len(values) == 1:
             meta[key] = values.pop()

@@ -33,15 +33,23 @@ from .functional import (
 class OFTLayer(nn.Module):
     """Shared machinery of OFTLinear / OFTConv2d: parameters, rotation, magnitude, merge/unmerge."""
 
-    def __init__(self, base: nn.Module, config: OFTConfig, in_features: int, out_features: int) -> None:
+    def __init__(
+        self,
+        base: nn.Module,
+        config: OFTConfig,
+        in_features: int,
+        out_features: int,
+        blocks: int | None = None,
+    ) -> None:
         super().__init__()
         self.base = base.requires_grad_(False)
         self.config = config
         self.in_features, self.out_features = in_features, out_features
-        self.block_size = config.block_size(
-            in_features, where=type(base).__name__ + f"({in_features}->{out_features})"
-        )
-        b, r = self.block_size, config.r
+        # blocks: the number of diagonal blocks, config.r unless the layer fixes it (a conv's "channel" layout)
+        self.blocks = config.r if blocks is None else blocks
+        where = type(base).__name__ + f"({in_features}->{out_features})"
+        self.block_size = config.block_size(in_features, where) if blocks is None else in_features // blocks
+        b, r = self.block_size, self.blocks
         dev = base.weight.device
         # float32 parameters even in a half-precision model (the trainers' contract); float64 in a float64 one
         dtype = torch.float64 if base.weight.dtype == torch.float64 else torch.float32
@@ -55,7 +63,11 @@ class OFTLayer(nn.Module):
     def rotation(self) -> torch.Tensor:
         """The orthogonal blocks (r, b, b) in float32 (float64 for a float64 R); a shared block is expanded."""
         Q = cayley(self.R, self.config.cayley, self.config.neumann_terms)
-        return Q.expand(self.config.r, -1, -1) if self.config.block_share else Q
+        return Q.expand(self.blocks, -1, -1) if self.config.block_share else Q
+
+    def radius(self) -> float:
+        """COFT's Frobenius radius of each block of this layer (``OFTConfig.radius`` at its block count)."""
+        return self.config.radius(self.block_size, self.blocks)
 
     def _flat_weight(self) -> torch.Tensor:
         return self.base.weight.reshape(self.out_features, self.in_features)
@@ -116,7 +128,7 @@ class OFTLayer(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (
-            f"r={c.r}, block_size={self.block_size}, coft={c.coft}, eps={c.eps}, block_share={c.block_share}, "
+            f"r={c.r}, blocks={self.blocks}, block_size={self.block_size}, coft={c.coft}, eps={c.eps}, block_share={c.block_share}, "
             f"cayley={c.cayley}, magnitude={c.magnitude}, path={c.path}, merged={self.merged}"
         )
 
@@ -180,7 +192,9 @@ class OFTLinear(OFTLayer):
 
 
 class OFTConv2d(OFTLayer):
-    """A frozen ``nn.Conv2d`` with OFT on its flattened filters (blocks over the in*kh*kw axis).
+    """A frozen ``nn.Conv2d`` with OFT on its flattened filters: each filter (in, kh, kw) is flattened in that
+    order and rotated by ``blockdiag(Q)``, with ``config.conv_layout`` "flat" (r blocks over the in*kh*kw axis)
+    or "channel" (the reference's layout: ``in`` blocks of kh*kw, block c rotating the patch of input channel c).
 
     The output equals ``conv2d(x, W'')`` where every filter is rotated, for any kernel size, stride, padding and
     dilation; angles between filters are preserved. (The reference reshaped with ``view`` and mixed filters.)
@@ -192,7 +206,9 @@ class OFTConv2d(OFTLayer):
         if base.groups != 1:
             raise ValueError(f"OFTConv2d supports groups=1 only, got groups={base.groups}")
         kh, kw = base.kernel_size
-        super().__init__(base, config or OFTConfig(**options), base.in_channels * kh * kw, base.out_channels)
+        config = config or OFTConfig(**options)
+        blocks = base.in_channels if config.conv_layout == "channel" else None
+        super().__init__(base, config, base.in_channels * kh * kw, base.out_channels, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

@@ -4,8 +4,6 @@ messages users see for bad data, shuffling, and the flag table."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,7 +16,7 @@ from oft.control.data import ControlDataset, DataError, SyntheticDataset, build_
 from oft.control.hint import HintEncoder
 from oft.control.training import ControlDataModule
 from oft.specs import synthetic
-from oft.specs.tasks import TASKS
+from tests.helpers.control import make_task_tree
 
 
 def test_hint_encoder_size_shape_and_zero_start():
@@ -73,39 +71,6 @@ def test_synthetic_dataset_items_and_splits():
     )
     with pytest.raises(ValueError, match="--synthetic_hint must be one of"):
         SyntheticDataset(hint_kind="depth")
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-
-def make_task_tree(root: Path, task_name: str, n: int, size: int = 32, split: str = "train") -> list[str]:
-    """Write ``n`` synthetic items in the reference layout of ``task_name``; returns the captions."""
-    task = TASKS[task_name]
-    captions, entries = [], []
-    for i in range(n):
-        target, caption, controls, _ = synthetic.make_item(i, 0, size)
-        name = f"{i}.jpg" if task.caption_format == "json_list" else f"{i}.png"
-        entry = (
-            {"image": name, "prompt": caption}
-            if task.caption_format == "json_list"
-            else {"source": f"source/{name}", "target": f"target/{name}", "prompt": caption}
-        )
-        hint_rel, target_rel = task.item_files(entry, split)
-        _write_png(root / task.dataset_dir / hint_rel, controls["segm"])
-        _write_png(root / task.dataset_dir / target_rel, target)
-        entries.append(entry)
-        captions.append(caption)
-    cap = root / task.caption_file(split)
-    cap.parent.mkdir(parents=True, exist_ok=True)
-    text = (
-        json.dumps(entries)
-        if task.caption_format == "json_list"
-        else "".join(json.dumps(e) + "\n" for e in entries)
-    )
-    cap.write_text(text)
-    return captions
 
 
 @pytest.mark.parametrize("task", ["segm", "landmark", "canny5k"])

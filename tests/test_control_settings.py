@@ -54,7 +54,13 @@ EXPECTED = {
         "batch_size": (4, PAPER, 16, "oft-control/train.py:46"),  # the paper's 4 is the default
     },
     "sketch": {"epochs": _ref(10, 70, 8, PAPER), "sample_every": _ref(1000, 66), "subset": _ref(ALL, 68)},
+    "ablation_segm": {  # Fig. 1: the first --n_samples items (ade20k_dataset.py:61-67), each 100 times (:68)
+        "epochs": _ref(1, 94),
+        "sample_every": (0, "datasets/utils.py:89: logger_freq 1e11, never reached", None, ""),
+        "subset": (ALL, "datasets/ade20k_dataset.py:61-67", None, ""),
+    },
 }
+NEEDS = {"ablation_segm": ["--n_samples", "10"]}  # the flags a task cannot train without
 SHARED = {
     "lr": (1e-5, "oft-control/train.py:49", None, ""),
     "log_every": (50, "ours; the reference logged no loss, oft-control/oldm/logger.py:155-164", None, ""),
@@ -75,7 +81,7 @@ def test_train_defaults_come_from_the_table_and_the_flags_reach_the_other_values
         return args.training.for_task(args.experiment)
 
     for name, expected in EXPECTED.items():
-        cfg = resolved("--control", name)
+        cfg = resolved("--control", name, *NEEDS.get(name, []))
         batch = expected.get("batch_size", BATCH)[0]
         got = (cfg.epochs, cfg.batch_size, cfg.sample_every, cfg.lr, cfg.log_every)
         assert got == (expected["epochs"][0], batch, expected["sample_every"][0], 1e-5, 50), name
@@ -107,6 +113,10 @@ def test_the_rendered_table_shows_every_value_its_source_and_the_disagreements()
     assert canny1k.startswith("| `canny1k` | 30 (datasets/utils.py:62) | 16 (oft-control/train.py:46) | 300 ")
     assert "1,000 (datasets/coco_dataset.py:379)" in canny1k and canny1k.endswith("| 1e-5 | 50 |")
     assert "| all (datasets/utils.py:12) |" in rows[0]
+    assert (
+        "| first `--n_samples` × 100 (datasets/ade20k_dataset.py:61-67; datasets/ade20k_dataset.py:68) |"
+        in rows[-1]
+    )
     disagreements = [line for line in text.splitlines() if line.startswith("- ")]
     assert disagreements == [
         "- `canny` epochs: default 11 (datasets/utils.py:22); paper text (SPEC §3): 10, with `--epochs 10`",

@@ -262,6 +262,12 @@ def test_training_defaults_are_the_reference_settings():
         DREAMBOOTH_VALIDATION.guidance,
     )
     assert cfg.class_inference_steps == DREAMBOOTH_CLASS.steps and cfg.class_images == "reference"
-    assert cfg.oft_options() == {"r": 4, "eps": 6e-5, "coft": True, "block_share": False}
+    assert cfg.oft_options() == {
+        "r": 4,
+        "eps": 6e-5,
+        "coft": True,
+        "block_share": False,
+        "conv_layout": "flat",
+    }
     cfg.coft = False  # plain OFT: no radius applies
     assert cfg.oft_options()["eps"] is None and not cfg.oft_options()["coft"]

@@ -109,3 +109,19 @@ def add_data_root(parser: argparse.ArgumentParser | argparse._ArgumentGroup, hol
         default=None,
         help=f"datasets folder{f' holding {holds}' if holds else ''} [default: ${DATA_ROOT_ENV} or ./data]",
     )
+
+
+def flags_of(config: object) -> list[str]:
+    """The flags that rebuild ``config`` (the inverse of ``options_from``): every field with a flag whose value
+    is not the default, in field order, e.g. ``["--r", "8", "--coft"]``."""
+    flags: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "help" not in f.metadata or value == f.default:
+            continue
+        name = f.metadata["names"][0] if "names" in f.metadata else f"--{f.name}"
+        if isinstance(value, bool):
+            flags.append(name if value else f"--no-{name.removeprefix('--')}")
+        elif value is not None:
+            flags += [name, *map(str, value if isinstance(value, tuple | list) else (value,))]
+    return flags

@@ -31,7 +31,7 @@ from oft.control.hint import HINT_WIDTHS, HintEncoder
 from oft.sd import SDModels, load_sd
 from oft.sd.identity import identity_mismatch_hint
 from oft.sd.loading import to_ldm_state_dict
-from oft.sd.targets import CONTROL_TARGETS
+from oft.sd.targets import CONTROL_TARGET_SET, target_set
 
 CONTROL_FORMAT = "1"
 BUILD_HINT = "build one with `python oft-control/tool_add_control_oft.py --input_path <SD checkpoint> --output_path <file>`"
@@ -58,13 +58,23 @@ def new_control_model(
     coft: bool,
     block_share: bool,
     hint_widths: tuple[int, ...] = HINT_WIDTHS,
+    targets: str = CONTROL_TARGET_SET,
+    conv_layout: str = "flat",
 ) -> ControlModel:
-    """Freeze ``sd``, inject OFT (R = 0) on ``CONTROL_TARGETS`` and add a fresh hint encoder (conv channels
-    ``hint_widths``): the step-0 model."""
+    """Freeze ``sd``, inject OFT (R = 0) on the target set ``targets`` (``oft.sd.targets.TARGET_SETS``) and add
+    a fresh hint encoder (conv channels ``hint_widths``): the step-0 model."""
     sd.freeze()
-    oft_layers.inject(sd.unet, CONTROL_TARGETS, r=r, eps=eps, coft=coft, block_share=block_share)
+    oft_layers.inject(
+        sd.unet,
+        target_set(targets),
+        r=r,
+        eps=eps,
+        coft=coft,
+        block_share=block_share,
+        conv_layout=conv_layout,
+    )
     hint = HintEncoder(sd.unet.config.block_out_channels[0], hint_widths).to(sd.device)
-    return ControlModel(sd, hint, {})
+    return ControlModel(sd, hint, {"target_set": targets})
 
 
 def control_tensors(model: ControlModel) -> dict[str, torch.Tensor]:
@@ -136,7 +146,11 @@ def check_flags_match(model_path: str | os.PathLike, **flags: object) -> dict[st
     """Compare the flags the user gave (None: not given) with the hyperparameters recorded in the control file;
     one clear error on a mismatch. Returns the file's metadata."""
     _, meta, _ = read_control(model_path)
-    recorded = {k: json.loads(meta[k]) for k in ("r", "eps", "coft", "block_share") if k in meta}
+    recorded = {
+        k: json.loads(meta[k]) for k in ("r", "eps", "coft", "block_share", "conv_layout") if k in meta
+    }
+    # files written before target sets existed all hold the default set
+    recorded["targets"] = meta.get("target_set", CONTROL_TARGET_SET)
     for key, value in flags.items():
         if value is None or key not in recorded:
             continue
@@ -216,10 +230,21 @@ def build_initial(
     block_share: bool = False,
     adapter_only: bool = False,
     hint_widths: tuple[int, ...] = HINT_WIDTHS,
+    targets: str = CONTROL_TARGET_SET,
+    conv_layout: str = "flat",
 ) -> Path:
     """``tool_add_control_oft.py``: SD checkpoint (single file or diffusers folder) -> initial control file."""
     sd = load_sd(input_path)
     # the base in LDM layout before injection (same tensors, no copy): what a full file carries
     base_state = None if adapter_only else to_ldm_state_dict(sd)
-    model = new_control_model(sd, r=r, eps=eps, coft=coft, block_share=block_share, hint_widths=hint_widths)
+    model = new_control_model(
+        sd,
+        r=r,
+        eps=eps,
+        coft=coft,
+        block_share=block_share,
+        hint_widths=hint_widths,
+        targets=targets,
+        conv_layout=conv_layout,
+    )
     return save_control(model, output_path, base_path=input_path, base_state=base_state)

@@ -15,10 +15,12 @@ from torch.utils.data import Dataset
 
 from oft.common.options import option
 from oft.common.paths import DATA_ROOT_FLAGS
-from oft.control.data import SYNTHETIC, build_dataset
+from oft.control.data import SYNTHETIC, build_dataset, check_n_samples
+from oft.sd.targets import CONTROL_TARGET_SET, CONV_LAYOUT_HELP, TARGET_SETS
 from oft.specs.sampling import CONTROL_EVAL, CONTROL_GRID, CONTROL_PROMPT_SUFFIX, CONTROL_SAMPLING_CHUNK
 from oft.specs.synthetic import HINT_KINDS
 from oft.specs.tasks import SHARED, TASKS, get_task
+from oft_layers.config import CONV_LAYOUTS
 
 # The run folder (<RUNS_ROOT>/<Experiment.name>): checkpoints/last.ckpt, logs/{tensorboard,csv}/, samples/
 # (the grids) and snapshots/step_<N>.safetensors (--snapshot_every) of train.py, then
@@ -59,11 +61,24 @@ class Experiment:
     )
     coft: bool = option(False, "constrained OFT: project R onto the eps-ball after every step (paper's COFT)")
     block_share: bool = option(False, "one rotation block shared by all r blocks of a layer")
+    targets: str = option(
+        CONTROL_TARGET_SET,
+        "where OFT goes (oft.sd.targets.TARGET_SETS; paper appendix ablation): attn+ff = the paper's 144 "
+        "attention and GEGLU linears; conv = the ResBlock convolutions; extended = both plus the ResBlock "
+        "time-embedding linears; attn = attention only",
+        choices=tuple(TARGET_SETS),
+    )
+    conv_layout: str = option(CONV_LAYOUTS[0], CONV_LAYOUT_HELP, choices=CONV_LAYOUTS)
     resolution: int = option(512, "image and control size in pixels (multiple of 8)")
     seed: int = option(0, "seed of shuffling, noise and timesteps (resumes reproduce an uninterrupted run)")
     control: str = option("segm", "task: which data and which per-task defaults", choices=(*TASKS, SYNTHETIC))
     synthetic_hint: str = option("canny", "control image of --control synthetic", choices=HINT_KINDS)
     synthetic_length: int | None = option(None, "number of synthetic items [default: 64 train, 16 val]")
+    n_samples: int | None = option(
+        None,
+        "--control ablation_segm only (Fig. 1; required there): train on the first N items of ADE20K's training "
+        f"list, each repeated {TASKS['ablation_segm'].repeats.value} times (as the reference), one epoch; sampled and evaluated on segm's validation set",
+    )
     data_root: str | None = option(
         None,
         "folder holding ADE20K/, COCO/, ... [default: $OFT_DATA_ROOT or ./data]",
@@ -80,6 +95,11 @@ class Experiment:
 
     def __post_init__(self) -> None:
         _positive(self, "r", "resolution", "synthetic_length")
+        check_n_samples(self.control, self.n_samples)
+        if self.conv_layout != "flat" and self.targets not in ("conv", "extended"):
+            raise ValueError(
+                f"--conv_layout {self.conv_layout} needs convolutions: --targets conv or extended"
+            )
         if self.resolution % 8:
             raise ValueError(
                 f"--resolution must be a multiple of 8 (hint encoder and VAE downsample by 8), got {self.resolution}"
@@ -87,9 +107,12 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        """The one name of an experiment, its default folder: ``segm_r4_coft_eps0.001``."""
+        """The one name of an experiment, its default folder: ``segm_r4_coft_eps0.001``, ``ablation_segm_n10_r4_oft``."""
         kind = f"coft_eps{self.eps:g}" if self.coft else "oft"
-        return f"{self.control}_r{self.r}_{kind}{'_share' if self.block_share else ''}"
+        where = "" if self.targets == CONTROL_TARGET_SET else f"_{self.targets.replace('+', '_')}"
+        layout = "" if self.conv_layout == "flat" else f"_{self.conv_layout}"
+        n = f"_n{self.n_samples}" if self.n_samples else ""
+        return f"{self.control}{n}_r{self.r}_{kind}{'_share' if self.block_share else ''}{where}{layout}"
 
     @property
     def run_dir(self) -> Path:
@@ -98,7 +121,14 @@ class Experiment:
 
     def adapter_flags(self) -> dict[str, object]:
         """The adapter as the control-model file records it (``check_flags_match``)."""
-        return {"r": self.r, "eps": self.eps, "coft": self.coft, "block_share": self.block_share}
+        return {
+            "r": self.r,
+            "eps": self.eps,
+            "coft": self.coft,
+            "block_share": self.block_share,
+            "targets": self.targets,
+            "conv_layout": self.conv_layout,
+        }
 
     def dataset(self, split: str, **options: object) -> Dataset:
         """The task's dataset of ``split`` (``options``: e.g. ``full`` for the validation list)."""
@@ -109,6 +139,7 @@ class Experiment:
             resolution=self.resolution,
             synthetic_hint=self.synthetic_hint,
             synthetic_length=self.synthetic_length,
+            n_samples=self.n_samples,
             seed=self.seed,
             **options,
         )

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from oft.common.images import read_rgb
 from oft.common.paths import data_root
@@ -85,6 +85,7 @@ class ControlDataset(Dataset):
     Images are resized to ``resolution`` when they differ (landmark targets are 1024 px, SPEC §3).
     ``keep_indices`` (default: every split but "train") makes item ``i`` caption entry ``i`` always: an entry
     whose files are missing or undecodable stays in place and raises ``UnreadableItemError`` when read.
+    ``first``: read only the first ``first`` entries of the caption file (ablation_segm's ``--n_samples``).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class ControlDataset(Dataset):
         resolution: int = 512,
         full: bool = False,
         keep_indices: bool | None = None,
+        first: int | None = None,
     ) -> None:
         self.task = get_task(task) if isinstance(task, str) else task
         self.split, self.resolution = split, resolution
@@ -111,6 +113,9 @@ class ControlDataset(Dataset):
             )
         try:
             entries = read_captions(captions, self.task.caption_format)
+            if first is not None and first > len(entries):
+                raise ValueError(f"--n_samples {first} is more than the {len(entries):,} items of {captions}")
+            entries = entries[:first]
             files = [self.task.item_files(e, split) for e in entries]
             prompts = [e["prompt"] for e in entries]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -196,6 +201,20 @@ class SyntheticDataset(Dataset):
         return to_item(target, controls[self.hint_kind], caption, index)
 
 
+def check_n_samples(control: str, n_samples: int | None) -> None:
+    """``--n_samples`` belongs to the tasks that train on the first N items (ablation_segm), which need it."""
+    repeats = None if control == SYNTHETIC else get_task(control).repeats
+    if repeats is None and n_samples is not None:
+        raise ValueError(
+            f"--n_samples sets the training-set size of --control ablation_segm only (Fig. 1), not --control {control}"
+        )
+    if repeats is not None and (n_samples is None or n_samples < 1):
+        raise ValueError(
+            f"--control {control} needs --n_samples N >= 1 (got {n_samples}): it trains on the first N items of "
+            f"its training list, {repeats.value} times over"
+        )
+
+
 def build_dataset(
     control: str,
     split: str,
@@ -207,12 +226,22 @@ def build_dataset(
     synthetic_length: int | None = None,
     seed: int = 0,
     keep_indices: bool | None = None,
+    n_samples: int | None = None,
 ) -> Dataset:
     """The dataset of ``--control`` ``control`` (a ``TASKS`` name or ``"synthetic"``) for ``split``
-    (``keep_indices``: see ``ControlDataset``; synthetic items are generated, so always in place)."""
+    (``keep_indices``: see ``ControlDataset``; synthetic items are generated, so always in place).
+
+    ablation_segm's training split is the first ``n_samples`` items of the training list, each repeated
+    ``Task.repeats`` times (as the reference's AblationADE20kSegmDataset); its other splits are segm's.
+    """
+    check_n_samples(control, n_samples)
     if control == SYNTHETIC:
         return SyntheticDataset(split, synthetic_length, resolution, synthetic_hint, seed)
-    return ControlDataset(control, split, root, resolution, full, keep_indices)
+    repeats = get_task(control).repeats
+    if split != "train" or repeats is None:
+        return ControlDataset(control, split, root, resolution, full, keep_indices)
+    first = ControlDataset(control, split, root, resolution, full, keep_indices, first=n_samples)
+    return ConcatDataset([first] * repeats.value)
 
 
 def collate(items: list[dict]) -> dict:

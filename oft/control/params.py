@@ -1,7 +1,7 @@
 """Trainable parameters of the control model (paper Table 3), counted on the real SD1.5 architecture, weight-free.
 
 The UNet and the hint encoder are built on the meta device (shapes only, no memory), OFT is injected on the 144
-control targets, and the rotations are counted as the reference did: skew degrees of freedom ``r·b(b−1)/2``.
+control targets (or another target set of ``oft.sd.targets.TARGET_SETS``), and the rotations are counted as the reference did: skew degrees of freedom ``r·b(b−1)/2``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from diffusers import UNet2DConditionModel
 
 from oft.control.hint import HintEncoder
 from oft.sd.configs import preset_config
-from oft.sd.targets import CONTROL_TARGETS
+from oft.sd.targets import CONTROL_TARGET_SET, CONTROL_TARGETS, TARGET_SETS, target_set
 from oft_layers import count_trainable, inject, oft_modules, rotation_dof
 
 # Paper Table 3 (SPEC §2): OFT skew DOF of the 144 layers and the reported total, per r.
@@ -36,6 +36,8 @@ class ParameterCount:
     layers: int
     oft_dof: int
     hint_encoder: int
+    targets: str = CONTROL_TARGET_SET
+    conv_layout: str = "flat"
 
     @property
     def total(self) -> int:
@@ -46,13 +48,27 @@ class ParameterCount:
         return self.total + UNUSED_TIME_MLP
 
 
-def count_control_parameters(r: int, preset: str = "sd15") -> ParameterCount:
-    """Inject OFT with ``r`` blocks on ``CONTROL_TARGETS`` of a weight-free UNet of ``preset`` and count."""
+def count_control_parameters(
+    r: int, preset: str = "sd15", targets: str = CONTROL_TARGET_SET, conv_layout: str = "flat"
+) -> ParameterCount:
+    """Inject OFT with ``r`` blocks on the target set ``targets`` (``TARGET_SETS``; convolutions in
+    ``conv_layout``) of a weight-free UNet of ``preset`` and count."""
     with torch.device("meta"):
         unet = UNet2DConditionModel(**preset_config(preset)["unet"]).requires_grad_(False)
         hint = HintEncoder(out_channels=unet.conv_in.out_channels)
-    names = inject(unet, CONTROL_TARGETS, r=r)
-    return ParameterCount(r, len(names), count_trainable(unet), sum(p.numel() for p in hint.parameters()))
+    names = inject(unet, target_set(targets), r=r, conv_layout=conv_layout)
+    hint_size = sum(p.numel() for p in hint.parameters())
+    return ParameterCount(r, len(names), count_trainable(unet), hint_size, targets, conv_layout)
+
+
+def count_target_sets(r: int, preset: str = "sd15") -> list[ParameterCount]:
+    """``count_control_parameters`` for every target set at ``r``, sets with convolutions in both layouts."""
+    rows = []
+    for name, patterns in TARGET_SETS.items():
+        has_convs = any("resnets" in p for p in patterns)
+        for layout in ("flat", "channel") if has_convs else ("flat",):
+            rows.append(count_control_parameters(r, preset, name, layout))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -123,4 +139,19 @@ def format_parameter_table(rows: list[ParameterCount]) -> str:
         "(Linear 320->1280, SiLU, Linear 1280->1280) that the reference's control model built but never used in "
         "its forward pass; we do not build it, so our trainable total is smaller by exactly that amount."
     )
+    return "\n".join(lines)
+
+
+def format_target_set_table(rows: list[ParameterCount]) -> str:
+    """The per-target-set table (the appendix ablation of where OFT goes) of ``--count-only``."""
+    lines = [
+        "| target set | conv layout | r | OFT layers | OFT skew DOF | hint encoder | total (ours) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        layout = row.conv_layout if any("resnets" in p for p in TARGET_SETS[row.targets]) else "-"
+        lines.append(
+            f"| {row.targets} | {layout} | {row.r} | {row.layers} | {row.oft_dof:,} | {row.hint_encoder:,} | "
+            f"{row.total:,} |"
+        )
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from oft.db.checkpoints import find_checkpoint, read_state
 from oft.db.config import DreamBoothConfig
 from oft.db.data import instance_images
 from oft.sd.configs import preset_config
-from oft.sd.targets import DB_TARGETS, match_targets
+from oft.sd.targets import match_targets, target_set
 
 
 class Inputs(NamedTuple):
@@ -27,12 +27,22 @@ class Inputs(NamedTuple):
     state: dict | None
 
 
-def check_block_sizes(unet: torch.nn.Module, options: dict, model: str) -> None:
-    """Raise ``oft_layers``' one-line ``ValueError`` unless r divides the input width of every DreamBooth target
-    layer of ``unet`` (the 128 attention projections; SD1.5: widths 320, 640, 768, 1280)."""
+def _width(module: torch.nn.Module, config: oft_layers.OFTConfig) -> int | None:
+    """The width r must divide: a Linear's inputs, a flat-layout conv's in*kh*kw; None where r plays no part
+    (a conv in the "channel" layout has one block per input channel)."""
+    if isinstance(module, torch.nn.Conv2d):
+        return None if config.conv_layout == "channel" else module.weight[0].numel()
+    return module.in_features
+
+
+def check_block_sizes(unet: torch.nn.Module, options: dict, targets: str, model: str) -> None:
+    """Raise ``oft_layers``' one-line ``ValueError`` unless r divides the input width of every layer of the
+    target set ``targets`` of ``unet`` (default "attn": the 128 attention projections; SD1.5: widths 320, 640,
+    768, 1280)."""
     config = oft_layers.OFTConfig(**options)
     modules = dict(unet.named_modules())
-    widths = {name: modules[name].in_features for name in match_targets(modules, DB_TARGETS)}
+    widths = {name: _width(modules[name], config) for name in match_targets(modules, target_set(targets))}
+    widths = {name: width for name, width in widths.items() if width is not None}
     for name, width in widths.items():
         try:
             config.block_size(width, where=f"--r {config.r}: {model} layer {name}")
@@ -61,7 +71,7 @@ def check_inputs(cfg: DreamBoothConfig, out: Path) -> Inputs:
     instance_paths = instance_images(cfg.instance_data_dir)  # present, and every photo decodes
     # r against SD1.5's layer widths from its config (no weights); the tiny test preset's widths (32, 64) allow
     # fewer r, which the trainer checks on the loaded model, still before any class image is made
-    check_block_sizes(sd15_unet_without_weights(), cfg.oft_options(), "SD1.5")
+    check_block_sizes(sd15_unet_without_weights(), cfg.oft_options(), cfg.targets, "SD1.5")
     checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
     state = read_state(checkpoint) if checkpoint is not None else None  # tensors and plain values only
     return Inputs(instance_paths, checkpoint, state)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from oft.common.options import option
 from oft.common.paths import models_root
+from oft.sd.targets import CONV_LAYOUT_HELP, DB_TARGET_SET, TARGET_SETS
 from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_VALIDATION
+from oft_layers.config import CONV_LAYOUTS
 
 SAMPLERS = ("ddim", "dpm")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -44,6 +46,14 @@ class DreamBoothConfig:
     eps: float = option(6e-5, "COFT deviation: Frobenius radius eps*b^2/sqrt(r) per block")
     coft: bool = option(True, "constrained OFT (project R after every step); --no-coft trains plain OFT")
     block_share: bool = option(False, "one rotation block shared by all r blocks of a layer")
+    targets: str = option(
+        DB_TARGET_SET,
+        "where OFT goes (oft.sd.targets.TARGET_SETS; paper appendix ablation): attn = the paper's 128 attention "
+        "projections; attn+ff adds the GEGLU input projections; conv = the ResBlock convolutions; extended = "
+        "attn+ff, conv and the ResBlock time-embedding linears",
+        choices=tuple(TARGET_SETS),
+    )
+    conv_layout: str = option(CONV_LAYOUTS[0], CONV_LAYOUT_HELP, choices=CONV_LAYOUTS)
     # prior preservation
     with_prior_preservation: bool = option(True, "add the class-image loss (DreamBooth's prior preservation)")
     prior_loss_weight: float = option(1.0, "weight of the class-image loss")
@@ -141,6 +151,12 @@ class DreamBoothConfig:
             raise ValueError(f"--mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.resolution % 8:
             raise ValueError(f"--resolution must be a multiple of 8, got {self.resolution}")
+        if self.targets not in TARGET_SETS:
+            raise ValueError(f"--targets must be one of {list(TARGET_SETS)}, got {self.targets!r}")
+        if self.conv_layout != "flat" and self.targets not in ("conv", "extended"):
+            raise ValueError(
+                f"--conv_layout {self.conv_layout} needs convolutions: --targets conv or extended"
+            )
         if self.coft and not self.eps > 0:
             raise ValueError(f"COFT needs --eps > 0, got {self.eps}")
         for name in AT_LEAST_ONE:
@@ -167,4 +183,5 @@ class DreamBoothConfig:
             "eps": self.eps if self.coft else None,
             "coft": self.coft,
             "block_share": self.block_share,
+            "conv_layout": self.conv_layout,
         }

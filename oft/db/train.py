@@ -44,7 +44,7 @@ from oft.db.layout import ADAPTER_NAME, LOG_FILE, RUN_INFO, VALIDATION_DIR
 from oft.db.validation import merged_for_inference, validation_images
 from oft.sd import load_sd
 from oft.sd.models import SDModels
-from oft.sd.targets import DB_TARGETS
+from oft.sd.targets import target_set
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def load_base(cfg: DreamBoothConfig, inputs: Inputs, device: torch.device) -> SD
     a checkpoint to resume must come from the same base."""
     weight_dtype = WEIGHT_DTYPES.get(cfg.mixed_precision, torch.float32)
     models = load_sd(cfg.pretrained_model).freeze().to(device, weight_dtype)
-    check_block_sizes(models.unet, cfg.oft_options(), "base model")
+    check_block_sizes(models.unet, cfg.oft_options(), cfg.targets, "base model")
     if inputs.state is not None and not models.same_base(inputs.state["meta"].get("base_model")):
         raise ValueError(
             f"{inputs.checkpoint} was trained from base {inputs.state['meta'].get('base_model')}, this run "
@@ -204,8 +204,8 @@ def make_class_images(cfg: DreamBoothConfig, models: SDModels) -> tuple[list[Pat
 
 
 def add_oft(cfg: DreamBoothConfig, unet: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Inject OFT into the DreamBooth target layers of ``unet``; returns the trainable parameters (the R blocks)."""
-    oft_layers.inject(unet, DB_TARGETS, **cfg.oft_options())
+    """Inject OFT into the target set ``cfg.targets`` of ``unet``; returns the trainable parameters (the R blocks)."""
+    oft_layers.inject(unet, target_set(cfg.targets), **cfg.oft_options())
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     logger.info(

@@ -205,3 +205,15 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str
     lines = ["  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table; floats printed with 2 decimals (as the paper's percentages), None as '-'."""
+
+    def cell(v: object) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = [f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+    return "\n".join([*lines, *(f"| {' | '.join(cell(v) for v in row)} |" for row in rows)])

@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from oft.common.images import read_rgb
 from oft.common.paths import models_root
+from oft.metrics.folder import SampleFolder, item_names
+from oft.specs.tasks import get_task
 
 NUM_CLASSES = 150
 IGNORE_INDEX = 255
@@ -220,3 +222,30 @@ def label_paths(
             f"{len(absent)} of {len(paths)} label maps are missing in {folder} (e.g. {absent[:3]})"
         )
     return paths
+
+
+def folder_inputs(
+    folder: SampleFolder,
+    root: Path,
+    sample: int | None = 0,
+    *,
+    real: bool = False,
+    labels: str | os.PathLike | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """(images, label maps) that eval_segm scores in a sampler ``folder``: generated sample ``sample`` of every
+    item (None: every sample; ``real``: the ground-truth targets), each with the annotation of its item (item
+    ``i`` = line ``i`` of ``root``/ADE20K/val/prompt_val_blip_full.json, the file the sampler read) in
+    ``labels`` [default: ``root``/ADE20K/val/annotations]."""
+    if real:
+        indices, images = list(folder.indices), [folder.source(i) for i in folder.indices]
+    else:
+        pairs = folder.pairs(sample)
+        indices, images = [p.index for p in pairs], [p.result for p in pairs]
+    task = get_task("segm")
+    paths = label_paths(
+        labels or root / task.dataset_dir / LABELS_DIR,
+        item_names(task.name, root),
+        indices,
+        root / task.caption_file("val", full=True),  # the file item_names reads
+    )
+    return images, paths

@@ -21,7 +21,38 @@ CONTROL_TARGETS: tuple[str, ...] = (
 # oft-db: q, k, v, out of all attention modules (attn1 and attn2 of 16 blocks = 32 modules): 128 on SD1.5.
 DB_TARGETS: tuple[str, ...] = (_BLOCK + r"\.attn[12]\.to_(?:q|k|v|out\.0)",)
 
-TARGET_SETS: dict[str, tuple[str, ...]] = {"control": CONTROL_TARGETS, "db": DB_TARGETS}
+# Every ResBlock of the UNet: down_blocks.i.resnets.j / mid_block.resnets.j / up_blocks.i.resnets.j
+_RESNET = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.resnets\.\d+"
+
+# The appendix ablation of where OFT goes (paper Table 5, the reference's inject_trainable_oft_conv and
+# inject_trainable_oft_extended in oft-control/oft.py): "conv" wraps every nn.Conv2d under a ResBlock (the 3x3
+# conv1/conv2 and the 1x1 conv_shortcut where the width changes); "extended" wraps every nn.Linear and nn.Conv2d
+# under ResBlock, CrossAttention and GEGLU: the control set plus those convolutions plus each ResBlock's
+# time-embedding projection. proj_in/proj_out, ff.net.2 and the down/upsampler convs are in no set (the
+# reference's module classes never contain them).
+CONV_TARGETS: tuple[str, ...] = (_RESNET + r"\.(?:conv1|conv2|conv_shortcut)",)
+EXTENDED_TARGETS: tuple[str, ...] = (*CONTROL_TARGETS, *CONV_TARGETS, _RESNET + r"\.time_emb_proj")
+
+# Target sets by name (the --targets flags): oft-db's default "attn", oft-control's "attn+ff".
+TARGET_SETS: dict[str, tuple[str, ...]] = {
+    "attn": DB_TARGETS,
+    "attn+ff": CONTROL_TARGETS,
+    "conv": CONV_TARGETS,
+    "extended": EXTENDED_TARGETS,
+}
+CONTROL_TARGET_SET, DB_TARGET_SET = "attn+ff", "attn"
+# --conv_layout of both trainers (oft_layers.config.CONV_LAYOUTS; default its first, "flat")
+CONV_LAYOUT_HELP = (
+    "blocks of a convolution: flat = r blocks over the flattened filter; channel = the reference's, one "
+    "kxk block per input channel (only with --targets conv or extended)"
+)
+
+
+def target_set(name: str) -> tuple[str, ...]:
+    """The module-path regexes of the target set ``name`` (one of ``TARGET_SETS``), or a clear error."""
+    if name not in TARGET_SETS:
+        raise ValueError(f"unknown target set {name!r}; choose one of {list(TARGET_SETS)}")
+    return TARGET_SETS[name]
 
 
 def match_targets(names, patterns: tuple[str, ...] | list[str]) -> list[str]:

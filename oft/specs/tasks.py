@@ -74,6 +74,8 @@ class Task:
     split_dirs: bool = True  # data/<dataset>/<split>/... ; False: flat folder with prompt_<split>_blip.json
     setup_script: str = ""
     hint_suffix: str | None = None  # hint file = caption name with this suffix (landmark: "N.jpg" -> "N.png")
+    # ablation_segm: the training set is the first --n_samples entries of the training list, this many times over
+    repeats: Setting | None = None
 
     def settings(self) -> dict[str, Setting]:
         """Every training setting of the task, in ``SETTINGS`` order (lr and loss logging are shared)."""
@@ -145,6 +147,12 @@ def _epochs(n: int, line: int, paper: int | None = None, paper_source: str = PAP
     return Setting(n, f"datasets/utils.py:{line}", paper, paper_source if paper is not None else "")
 
 
+ABLATION = "ablation_segm"
+# The training-set sizes N of the Fig. 1 sweep (oft.control.ablation), ours: neither the paper's text nor the
+# reference's scripts list them (its train.py never even passed n_samples on: oft-control/train.py:41).
+ABLATION_SIZES = (1, 10, 100, 1000)
+
+
 # The reference's values are the defaults (datasets/utils.py's return_dataset, oft-control/train.py), except
 # landmark's batch of 4 (the paper's text; SPEC §3), whose reference value (16) stays reachable by --batch_size.
 TASKS: dict[str, Task] = {
@@ -202,6 +210,20 @@ TASKS: dict[str, Task] = {
             Setting(1000, "datasets/utils.py:66"),
             _whole(68),
         ),
+        # Fig. 1's data-efficiency ablation: segm's folders, the first --n_samples training items 100 times over,
+        # one epoch, no sample grids (its logger_freq of 1e11 is never reached); evaluated on segm's full val set
+        Task(
+            ABLATION,
+            "ADE20K",
+            "segm",
+            "color",
+            "jsonl",
+            _epochs(1, 94),
+            Setting(0, "datasets/utils.py:89: logger_freq 1e11, never reached"),
+            Setting(None, "datasets/ade20k_dataset.py:61-67"),
+            setup_script="scripts/dataset_setup_control_ade20k.sh",
+            repeats=Setting(100, "datasets/ade20k_dataset.py:68"),
+        ),
     ]
 }
 
@@ -218,6 +240,13 @@ def _cell(setting: Setting) -> str:
     return f"{_show(setting.value)} ({setting.source}{other})"
 
 
+def _items_cell(task: Task) -> str:
+    """The "training items" cell: the whole list or a subset, or (ablation_segm) the first N items repeated."""
+    if task.repeats is None:
+        return _cell(task.subset)
+    return f"first `--n_samples` × {task.repeats.value} ({task.subset.source}; {task.repeats.source})"
+
+
 def settings_markdown(tasks: Iterable[Task] | None = None) -> str:
     """The training settings of ``tasks`` [default: every task] as markdown: a table (each default with its
     source), then one line per setting where the paper text and the reference code disagree."""
@@ -229,7 +258,8 @@ def settings_markdown(tasks: Iterable[Task] | None = None) -> str:
         "|---" * (1 + len(SETTINGS)) + "|",
     ]
     for task in tasks:
-        cells = [_cell(task.settings()[c]) for c in columns] + [_show(s.value) for s in SHARED.values()]
+        cells = [_items_cell(task) if c == "subset" else _cell(task.settings()[c]) for c in columns]
+        cells += [_show(s.value) for s in SHARED.values()]
         lines.append(f"| `{task.name}` | {' | '.join(cells)} |")
     lines.append(
         f"\nSources: `path:line` is a line of the reference implementation ({REFERENCE}); paper text is the "

@@ -18,16 +18,8 @@ import argparse
 from oft.cli.control.evaluation import chosen_sample, evaluation_parser, finish, run
 from oft.cli.flags import add_data_root
 from oft.common.paths import data_root
-from oft.metrics.folder import item_names, open_sample_folder, report
-from oft.metrics.segmentation import (
-    LABELS_DIR,
-    PAPER,
-    Segmenter,
-    evaluate_segmentation,
-    label_paths,
-    load_segformer,
-)
-from oft.specs.tasks import get_task
+from oft.metrics.folder import open_sample_folder, report
+from oft.metrics.segmentation import PAPER, Segmenter, evaluate_segmentation, folder_inputs, load_segformer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,19 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace, segmenter: Segmenter | None = None) -> dict:
     """Score the folder; ``segmenter`` (image, label size) -> class map replaces SegFormer when given."""
     folder = open_sample_folder(args.folder)
-    if args.real:
-        indices, images = list(folder.indices), [folder.source(i) for i in folder.indices]
-    else:
-        pairs = folder.pairs(chosen_sample(args))
-        indices, images = [p.index for p in pairs], [p.result for p in pairs]
     root = data_root(args.data_root)
-    task = get_task("segm")
-    labels = label_paths(
-        args.labels or root / task.dataset_dir / LABELS_DIR,
-        item_names("segm", root),
-        indices,
-        root / task.caption_file("val", full=True),  # the file item_names reads
-    )
+    images, labels = folder_inputs(folder, root, chosen_sample(args), real=args.real, labels=args.labels)
     segmenter = segmenter or load_segformer(args.model, args.device)
     metrics = evaluate_segmentation(images, labels, segmenter, reduce_zero=not args.no_reduce_zero_label)
     result = report("segmentation", folder, "real" if args.real else chosen_sample(args), metrics)

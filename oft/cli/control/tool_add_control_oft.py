@@ -9,7 +9,8 @@ the new weights (a few MB) and a reference to the base file.
 
     python oft-control/tool_add_control_oft.py --count-only --r 2 4 8 16
 
-prints the trainable parameters per r (paper Table 3) on the weight-free SD1.5 architecture, and writes nothing.
+prints the trainable parameters per r (paper Table 3) on the weight-free SD1.5 architecture, then per target set
+(--targets; the appendix ablation of where OFT goes), and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from oft.common.files import create_output_folder
 from oft.common.paths import models_root
 from oft.control.checkpoint import build_initial
 from oft.control.config import Experiment
-from oft.control.params import count_control_parameters, format_parameter_table
+from oft.control.params import (
+    count_control_parameters,
+    count_target_sets,
+    format_parameter_table,
+    format_target_set_table,
+)
 
 R = next(f for f in fields(Experiment) if f.name == "r")  # its default and help, with several values here
 
@@ -50,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[R.default],
         help=R.metadata["help"] + " (several values only with --count-only) [default: %(default)s]",
     )
-    add_options(p, Experiment, only=("eps", "coft", "block_share"))
+    add_options(p, Experiment, only=("eps", "coft", "block_share", "targets", "conv_layout"))
     p.add_argument(
         *flag_names("adapter_only"),
         dest="adapter_only",
@@ -61,19 +67,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         *flag_names("count_only"),
         dest="count_only",
         action="store_true",
-        help="print the trainable-parameter table (paper Table 3) for each --r and exit",
+        help="print the trainable-parameter tables (paper Table 3; every target set) for each --r and exit",
     )
     args = p.parse_args(argv)
     if any(r < 1 for r in args.r):
         p.error(f"--r takes positive block counts, got {args.r}")
     if not args.count_only and len(args.r) != 1:
         p.error(f"building a model takes one --r, got {args.r} (several values are for --count-only)")
+    if args.conv_layout != "flat" and args.targets not in ("conv", "extended"):
+        p.error(f"--conv_layout {args.conv_layout} needs convolutions: --targets conv or extended")
     return args
 
 
 def main(args: argparse.Namespace) -> Path | str:
     if args.count_only:
         table = format_parameter_table([count_control_parameters(r) for r in args.r])
+        table += "\n\n" + format_target_set_table([row for r in args.r for row in count_target_sets(r)])
         print(table)
         return table
     output = Path(args.output_path)
@@ -90,6 +99,8 @@ def main(args: argparse.Namespace) -> Path | str:
         coft=args.coft,
         block_share=args.block_share,
         adapter_only=args.adapter_only,
+        targets=args.targets,
+        conv_layout=args.conv_layout,
     )
     print(f"wrote {path}")
     return path
