@@ -430,3 +430,27 @@ def test_data_order_is_a_function_of_the_step(tmp_path):
     again = DreamBoothSteps(paths, paths * 3, size=64, batch_size=1, seed=0)
     assert torch.equal(data[5]["pixel_values"], again[5]["pixel_values"])  # same step, same batch and crop
     assert data[5]["pixel_values"].shape == (2, 3, 64, 64)  # instance then class image
+
+
+def test_extended_targets_with_the_channel_conv_layout_train_and_reload(setup, full_run):
+    """The appendix ablation's widest set through the DreamBooth command: every adapted conv rotates one k×k
+    patch per input channel, and the saved adapter reloads into the base to the last validation images."""
+    root, _, common = setup
+    script = train_dreambooth_oft_cli
+    argv = ["--run", str(RUN), "--max_train_steps", "2", "--output_root", str(root / "extended"),
+            "--targets", "extended", "--conv_layout", "channel", "--validation_steps", "2", *common]  # fmt: skip
+    adapter = script.main(script.parse_args(argv))
+    tensors, meta = oft_layers.read_adapter(adapter)
+    R = {k.removesuffix(".R"): v for k, v in tensors.items() if k.endswith(".R")}
+    layers = json.loads(meta["layers"])
+    unet = load_sd(setup[1]).unet
+    modules = dict(unet.named_modules())
+    convs = [n for n in R if isinstance(modules[n], torch.nn.Conv2d)]
+    assert len(R) == 65 and len(convs) == 21  # tiny preset: 36 attention/GEGLU + 8 time-embedding + 21 convs
+    for name in convs:
+        conv = modules[name]
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        assert R[name].shape == (conv.in_channels, k, k) and layers[name]["conv_layout"] == "channel"
+    a = np.asarray(Image.open(adapter.parent / "validation" / "step-000002" / "00.png"))
+    b = np.asarray(Image.open(adapter.parent / "validation" / "final" / "00.png"))
+    assert np.array_equal(a, b)
