@@ -29,6 +29,7 @@ from .inject import (
     wrap,
 )
 from .io import (
+    adapter_file,
     adapter_metadata,
     adapter_state_dict,
     apply_adapter,
@@ -36,6 +37,7 @@ from .io import (
     load_adapter_state_dict,
     read_adapter,
     save_adapter,
+    unpack_adapter,
 )
 from .layers import OFTConv2d, OFTLayer, OFTLinear
 from .paths import (
@@ -53,6 +55,7 @@ __all__ = [
     "OFTConv2d",
     "OFTLayer",
     "OFTLinear",
+    "adapter_file",
     "adapter_metadata",
     "adapter_state_dict",
     "apply_adapter",
@@ -81,6 +84,7 @@ __all__ = [
     "skew",
     "strip",
     "unmerge",
+    "unpack_adapter",
     "use_path_policy",
     "wrap",
 ]

@@ -16,7 +16,12 @@ from .config import OFTConfig
 from .inject import _set_submodule, oft_modules, wrap
 
 FORMAT = "oft-adapter"
-FORMAT_VERSION = "1"
+# Version 1 stores every R as the parameter itself, (r, b, b) or shared (b, b). Version 2 stores only what the
+# rotation uses: the strict upper triangle of R's skew part, in ``torch.triu_indices(b, b, 1)`` order, (r, n) or
+# shared (n,) with n = b(b-1)/2, about half the bytes. Both are read; writers pick 2 whenever it is exact.
+FULL_VERSION = "1"
+PACKED_VERSION = "2"
+FORMAT_VERSIONS = (FULL_VERSION, PACKED_VERSION)
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -30,14 +35,14 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def adapter_metadata(model: nn.Module) -> dict[str, str]:
-    """String metadata describing the adapter: format, Cayley convention, per-layer options, and the common
-    r/eps/coft/block_share/magnitude/conv_layout when all layers agree."""
+    """String metadata of ``adapter_state_dict`` (full R, format version 1): format, Cayley convention,
+    per-layer options, and the common r/eps/coft/block_share/magnitude/conv_layout when all layers agree."""
     layers = {name: layer.config.to_dict() for name, layer in oft_modules(model)}
     if not layers:
         raise ValueError("the model has no OFT layers; inject(model, targets, ...) first")
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FULL_VERSION,
         "cayley_convention": CONVENTION,
         "layers": json.dumps(layers),
         "targets": json.dumps(list(layers)),
@@ -47,6 +52,58 @@ def adapter_metadata(model: nn.Module) -> dict[str, str]:
         if len(values) == 1:
             meta[key] = values.pop()
     return meta
+
+
+def _pack(R: torch.Tensor) -> torch.Tensor:
+    """The strict upper triangles of the (..., b, b) blocks of ``R``, in ``triu_indices`` order: (..., n)."""
+    b = R.shape[-1]
+    rows, cols = torch.triu_indices(b, b, 1, device=R.device)
+    return R[..., rows, cols]
+
+
+def _unpack(packed: torch.Tensor) -> torch.Tensor:
+    """The skew blocks (..., b, b) of packed upper triangles (..., n): zero diagonal, ``R_ji = 0 - R_ij``."""
+    n = packed.shape[-1]
+    b = round((1 + (1 + 8 * n) ** 0.5) / 2)
+    if b * (b - 1) // 2 != n:
+        raise ValueError(f"a packed R has {n} entries per block, not b(b-1)/2 for any block size b")
+    rows, cols = torch.triu_indices(b, b, 1, device=packed.device)
+    R = packed.new_zeros(*packed.shape[:-1], b, b)
+    R[..., rows, cols] = packed
+    R[..., cols, rows] = 0.0 - packed  # 0 - x, not -x: a +0.0 entry mirrors to +0.0, as in training
+    return R
+
+
+def _packs_exactly(R: torch.Tensor) -> bool:
+    """Whether ``_unpack(_pack(R))`` is ``R`` bit for bit (R exactly skew: what zero init and training keep)."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[R.element_size()]
+    return torch.equal(_unpack(_pack(R)).view(bits), R.view(bits))
+
+
+def adapter_file(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata an adapter is stored as: every R packed (format version 2) when all are exactly
+    skew, else the full ``adapter_state_dict`` (version 1) for the whole file, so a file always reloads to the
+    same R bit for bit. Training keeps R skew; a user-built R with a symmetric part (which the rotation ignores,
+    but COFT's radius ``||R||_F`` does not) is kept whole rather than refused."""
+    sd, meta = adapter_state_dict(model), adapter_metadata(model)
+    if not all(_packs_exactly(v) for k, v in sd.items() if k.endswith(".R")):
+        return sd, meta
+    packed = {k: _pack(v) if k.endswith(".R") else v for k, v in sd.items()}
+    return packed, {**meta, "format_version": PACKED_VERSION}
+
+
+def unpack_adapter(sd: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Stored adapter tensors with every packed R (version 2) unpacked to its full skew R; an R already full,
+    and every tensor of a version 1 file, is returned as it is."""
+    if meta.get("format_version") != PACKED_VERSION:
+        return dict(sd)
+    layers = json.loads(meta["layers"])
+    out = {}
+    for key, value in sd.items():
+        name = key.removesuffix(".R")
+        packed_dim = 1 if layers.get(name, {}).get("block_share") else 2
+        out[key] = _unpack(value) if key.endswith(".R") and value.dim() == packed_dim else value
+    return out
 
 
 def load_adapter_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
@@ -80,9 +137,9 @@ def save_adapter(
     to the device, then renamed over it (on any error it is removed and ``path`` is untouched). ``oft_layers``
     is torch-only, so this is its own small copy of ``oft.common.files.atomic_write``."""
     path = Path(path)
-    meta = adapter_metadata(model)
+    tensors, meta = adapter_file(model)
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -97,7 +154,8 @@ def save_adapter(
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of an adapter file, with a clear error for anything that is not one."""
+    """Tensors (every R full, as in ``adapter_state_dict``, whatever the file's version) and metadata of an
+    adapter file, with a clear error for anything that is not one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
@@ -111,12 +169,12 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not an OFT adapter file (no '{FORMAT}' metadata)")
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in FORMAT_VERSIONS:
             raise ValueError(
                 f"{path} has adapter format version {meta.get('format_version')}, "
-                f"this code reads version {FORMAT_VERSION}"
+                f"this code reads versions {', '.join(FORMAT_VERSIONS)}"
             )
-        return {k: f.get_tensor(k) for k in f.keys()}, meta
+        return unpack_adapter({k: f.get_tensor(k) for k in f.keys()}, meta), meta
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
@@ -128,8 +186,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
 
 
 def apply_adapter(model: nn.Module, sd: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """``load_adapter`` for tensors and metadata already in memory (``adapter_state_dict`` + ``adapter_metadata``
-    stored inside a larger file, e.g. with a control encoder): wrap missing layers as recorded, then load."""
+    """``load_adapter`` for tensors and metadata already in memory (``adapter_file``'s, or ``adapter_state_dict``
+    + ``adapter_metadata``, stored inside a larger file, e.g. with a control encoder): wrap missing layers as
+    recorded, then load (packed R unpacked)."""
     layers = json.loads(meta["layers"])
     present = dict(oft_modules(model))
     modules = dict(model.named_modules())
@@ -144,4 +203,4 @@ def apply_adapter(model: nn.Module, sd: dict[str, torch.Tensor], meta: dict[str,
         if name not in modules:
             raise ValueError(f"adapter does not fit this model: it has no module {name!r}")
         _set_submodule(model, name, wrap(modules[name], OFTConfig(**options), name))
-    load_adapter_state_dict(model, sd)
+    load_adapter_state_dict(model, unpack_adapter(sd, meta))

@@ -94,6 +94,27 @@ def test_adapter_only_references_the_base_and_round_trips_trained_values(base, t
     assert torch.equal(cm.hint.zero_conv.weight, again.hint.zero_conv.weight)
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_skew_trained_control_model_stores_packed_rotations(base, tmp_path, suffix):
+    ini = build_initial(base, tmp_path / "ini.safetensors", r=2, eps=None, coft=False, adapter_only=True)
+    cm = load_control(ini)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in oft_layers.oft_modules(cm.sd.unet):
+            A = torch.randn(layer.R.shape, generator=gen) * 0.01
+            layer.R.copy_(A - A.transpose(-1, -2))  # exactly skew, as training keeps it
+    path = save_control(cm, tmp_path / f"trained{suffix}")
+    tensors, meta, _ = read_control(path)
+    assert meta["format_version"] == "2"
+    R = {k: v for k, v in tensors.items() if k.startswith("oft.") and k.endswith(".R")}
+    assert R and all(v.dim() == 2 for v in R.values())  # (r, b(b-1)/2)
+    again = load_control(path, base)
+    for (name, a), (_, b) in zip(
+        oft_layers.oft_modules(cm.sd.unet), oft_layers.oft_modules(again.sd.unet), strict=True
+    ):
+        assert torch.equal(a.R.view(torch.int32), b.R.view(torch.int32)), name
+
+
 def test_a_scaled_hint_encoder_round_trips_and_files_without_widths_load_controlnets(base, tmp_path):
     narrow = build_initial(base, tmp_path / "narrow.safetensors", r=1, eps=None, coft=False, adapter_only=True,
                            hint_widths=scaled_widths(0.1))  # fmt: skip

@@ -4,7 +4,8 @@ One format for every stage (SPEC §3 flow): ``tool_add_control_oft.py`` writes t
 ``train.py`` exports the trained one, ``train_with_norm.py`` the magnitude-fitted one, and
 ``test_oft_parallel.py`` samples from any of them.
 
-- ``.safetensors``: tensors ``oft.<unet layer>.R`` (and ``.s``), ``hint.<param>``; string metadata = the adapter
+- ``.safetensors``: tensors ``oft.<unet layer>.R`` (packed in adapter format 2, ``oft_layers.adapter_file``) and
+  ``.s``, ``hint.<param>``; string metadata = the adapter
   metadata of ``oft_layers`` plus ``control_format``, ``hint_channels``, ``hint_widths`` (JSON; absent in files written before it:
   ControlNet's), ``base_identity``, ``base_path``, and
   for trained files ``task``/``global_step``. The base SD is referenced, not copied.
@@ -77,9 +78,10 @@ def new_control_model(
     return ControlModel(sd, hint, {"target_set": targets})
 
 
-def control_tensors(model: ControlModel) -> dict[str, torch.Tensor]:
-    """What is new relative to the base: ``oft.*`` adapter tensors and ``hint.*`` encoder weights (CPU, float32)."""
-    out = {f"oft.{k}": v for k, v in oft_layers.adapter_state_dict(model.sd.unet).items()}
+def control_tensors(model: ControlModel, adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What is new relative to the base: ``oft.*`` adapter tensors as stored (``oft_layers.adapter_file``) and
+    ``hint.*`` encoder weights (CPU, float32)."""
+    out = {f"oft.{k}": v for k, v in adapter.items()}
     out.update({f"hint.{k}": v.detach() for k, v in model.hint.state_dict().items()})
     return {k: v.detach().float().cpu().contiguous().clone() for k, v in out.items()}
 
@@ -94,7 +96,8 @@ def save_control(
 ) -> Path:
     """Write ``model`` atomically; ``base_state`` (the base SD in LDM layout) is copied in (torch format only)."""
     path = Path(path)
-    meta = {**model.meta, **oft_layers.adapter_metadata(model.sd.unet)}
+    adapter, adapter_meta = oft_layers.adapter_file(model.sd.unet)
+    meta = {**model.meta, **adapter_meta}
     meta.update(
         control_format=CONTROL_FORMAT,
         hint_channels=str(model.hint.out_channels),
@@ -103,7 +106,7 @@ def save_control(
         base_path=str(Path(base_path).resolve()) if base_path else model.meta.get("base_path", ""),
         **{k: str(v) for k, v in (extra or {}).items()},
     )
-    tensors = control_tensors(model)
+    tensors = control_tensors(model, adapter)
     if path.suffix == ".safetensors":
         if base_state:
             raise ControlCheckpointError(
