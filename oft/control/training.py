@@ -241,8 +241,10 @@ class Snapshots(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: ControlOFT, *_: object) -> None:
         step = trainer.global_step
+        if not trainer.is_global_zero or step % self.every:
+            return
         path = snapshot_path(self.out_dir, step)
-        if trainer.is_global_zero and step % self.every == 0 and not path.exists():
+        if not path.exists():
             module.export(path, **self.extra)
 
 

@@ -30,7 +30,7 @@ import oft_layers
 from oft.common.files import atomic_write_bytes, atomic_write_json
 from oft.common.images import read_rgb, write_png
 from oft.control import jobs
-from oft.control.checkpoint import build_initial, load_control, new_control_model, read_control
+from oft.control.checkpoint import ControlModel, build_initial, load_control, new_control_model
 from oft.control.config import FINAL_MODEL, Experiment, Sampling, Training
 from oft.control.hint import scaled_widths
 from oft.control.params import Proportions, budget_matched_eps, paper_proportions, proportions
@@ -184,7 +184,7 @@ class Demo:
 
     def _train_lora(self, seed: int) -> None:
         c = self.cfg
-        rank = matched_rank(load_sd(c.base).unet, self.proportions["toy"]["adapter"])
+        rank = matched_rank(self._toy.sd.unet, self._proportions["toy"].adapter)
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # LoRA's A matrices
             module = LoRAControl(
@@ -256,8 +256,7 @@ class Demo:
     # ----------------------------------------------------------------------------------------------- results
     def parameters(self) -> dict[str, dict[str, int]]:
         """Trainable parameters per method: adapter and hint encoder (the base trains nothing)."""
-        tensors, _, _ = read_control(self.init_file("oft", self.cfg.seed))
-        hint = sum(t.numel() for k, t in tensors.items() if k.startswith("hint."))
+        hint = self._proportions["toy"].hint_encoder
         _, lora_meta = read_lora(self.final_file("lora", self.cfg.seed))
         oft_dof = self.proportions["toy"]["adapter"]
         return {
@@ -272,13 +271,17 @@ class Demo:
         }
 
     @cached_property
+    def _toy(self) -> ControlModel:
+        """The toy's step-0 COFT model on the base (r, scaled hint encoder): its shapes, for counting."""
+        c = self.cfg
+        return new_control_model(load_sd(c.base), r=c.r, eps=c.eps, coft=True, block_share=False,
+                                 hint_widths=scaled_widths(c.hint_scale))  # fmt: skip
+
+    @cached_property
     def _proportions(self) -> dict[str, Proportions]:
         """The toy's (at its budget-matched eps) and SD1.5's (at the paper's r and ``eps``) ``Proportions``."""
-        c = self.cfg
-        sd15 = paper_proportions(PAPER_R, c.eps)
-        cm = new_control_model(load_sd(c.base), r=c.r, eps=c.eps, coft=True, block_share=False,
-                               hint_widths=scaled_widths(c.hint_scale))  # fmt: skip
-        toy = proportions(cm.sd.unet, cm.hint, c.eps)
+        sd15 = paper_proportions(PAPER_R, self.cfg.eps)
+        toy = proportions(self._toy.sd.unet, self._toy.hint, self.cfg.eps)
         return {"toy": replace(toy, eps=budget_matched_eps(toy, sd15)), "sd15": sd15}
 
     @property
@@ -293,11 +296,10 @@ class Demo:
                         "per_entry_budget": p.per_entry_budget}
                 for where, p in self._proportions.items()}  # fmt: skip
 
-    @cached_property
+    @property
     def widest_block(self) -> int:
         """The largest OFT block of the toy: its rotated entries are the longest float32 dot products."""
-        cm = load_control(self.init_file("oft", self.cfg.seed))
-        return max(layer.block_size for _, layer in oft_layers.oft_modules(cm.sd.unet))
+        return max(layer.block_size for _, layer in oft_layers.oft_modules(self._toy.sd.unet))
 
     def energy(self, seed: int) -> dict[str, dict[str, float]]:
         """Per trained method, how much every adapted layer's hyperspherical energy moved from the base's
