@@ -48,6 +48,7 @@ from .paths import (
     set_path_policy,
     use_path_policy,
 )
+from .peft_format import PeftFormatError, is_peft_folder, load_peft, peft_adapter, save_peft
 
 __all__ = [
     "CONVENTION",
@@ -55,6 +56,7 @@ __all__ = [
     "OFTConv2d",
     "OFTLayer",
     "OFTLinear",
+    "PeftFormatError",
     "adapter_file",
     "adapter_metadata",
     "adapter_state_dict",
@@ -68,18 +70,22 @@ __all__ = [
     "get_path_policy",
     "hyperspherical_energy",
     "inject",
+    "is_peft_folder",
     "load_adapter",
     "load_adapter_state_dict",
     "load_path_cache",
+    "load_peft",
     "merge",
     "oft_modules",
     "oft_parameters",
     "path_cache",
+    "peft_adapter",
     "project_",
     "project_after_step",
     "read_adapter",
     "rotate_rows",
     "save_adapter",
+    "save_peft",
     "set_path_policy",
     "skew",
     "strip",
