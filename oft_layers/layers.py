@@ -83,9 +83,11 @@ class OFTLayer(nn.Module):
         return W if self.s is None else W * self.s.to(dtype)[:, None]
 
     @torch.no_grad()
-    def rotated_weight(self) -> torch.Tensor:
-        """``diag(s) W B^T`` in the base weight's shape and dtype (computed in float32 or float64)."""
-        return self._rotated_flat().reshape(self.base.weight.shape).to(self.base.weight.dtype)
+    def rotated_weight(self, full_precision: bool = False) -> torch.Tensor:
+        """``diag(s) W B^T`` in the base weight's shape and dtype, computed in float32 or float64;
+        ``full_precision`` keeps that dtype (an fp16 model's weight difference then keeps its precision)."""
+        W = self._rotated_flat().reshape(self.base.weight.shape)
+        return W if full_precision else W.to(self.base.weight.dtype)
 
     def enable_magnitude(self) -> None:
         """Add the per-output scale ``s`` (init 1, so the output is unchanged) to a layer built without one:

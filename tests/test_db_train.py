@@ -26,6 +26,7 @@ from oft.db.data import DreamBoothSteps
 from oft.db.export import load_with_adapter
 from oft.sd import build_sd, load_sd
 from oft.sd.loading import save_single_file
+from oft.sd.webui import apply_webui, read_webui
 from oft.specs.benchmark import BUILTIN
 from tests.helpers.db import write_prompts_file
 from tests.helpers.numerics import EFFECT, network_terms, tol
@@ -260,6 +261,59 @@ def test_adapter_in_pipeline_and_merged_exports_match(setup, full_run, tmp_path)
     # two float32 pipelines (unmerged vs merged) agree to ~1e-4, far below one 8-bit level (4e-3), so a pixel
     # can round to the neighbouring level but never further
     assert np.abs(ours - np.round(img * 255).astype(int)).max() <= 1
+
+
+def test_trained_adapter_exports_for_peft_and_the_web_uis(setup, full_run, tmp_path):
+    """The trained COFT adapter exported with --format peft loads with PeftModel.from_pretrained into the plain
+    base UNet with our outputs, and the folder converts back (--format adapter) to the same R and options;
+    --format webui's weight differences added to the plain base give our outputs too."""
+    import warnings
+
+    from peft import PeftModel
+
+    _, ckpt, _ = setup
+    merge_script = merge_adapter_cli
+
+    def export(adapter: Path, output: Path, fmt: str) -> Path:
+        argv = ["--base", str(ckpt), "--adapter", str(adapter), "--output", str(output), "--format", fmt]
+        return merge_script.main(merge_script.parse_args(argv))
+
+    folder = export(full_run, tmp_path / "peft", "peft")
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    adapted, _ = load_with_adapter(ckpt, full_run, merge=False)
+    base = load_sd(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's note on its Neumann change (this export uses exact Cayley)
+        peft_unet = PeftModel.from_pretrained(base.unet, folder).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([50, 700])
+    ctx = adapted.encode_prompts(["a qwe cat wearing a red hat", ""])
+    with torch.no_grad():
+        ours, theirs = adapted.unet(x, t, ctx).sample, peft_unet(x, t, ctx).sample
+        with peft_unet.disable_adapter():
+            before = peft_unet(x, t, ctx).sample
+    # PEFT rotates x per block with its own kernels, ours picks the weight or input path: float32 rounding
+    same = tol(torch.float32, network_terms(base.unet), scale=ours.abs().max())
+    torch.testing.assert_close(theirs, ours, **same)
+    assert (ours - before).abs().max() > EFFECT * same["atol"]
+    back = export(folder, tmp_path / "back.safetensors", "adapter")
+    R, meta = oft_layers.read_adapter(back)
+    original, original_meta = oft_layers.read_adapter(full_run)
+    assert R.keys() == original.keys() and all(torch.equal(R[k], original[k]) for k in R)
+    assert json.loads(meta["layers"]) == json.loads(original_meta["layers"])  # COFT and eps restored
+    assert meta["format_version"] == "2" and meta["source"] == "peft:OFT"
+    assert meta["base_model"] == original_meta["base_model"]
+
+    diffs = read_webui(export(full_run, tmp_path / "ui.safetensors", "webui"))
+    assert len(diffs) == 32 and all(v.dtype == torch.float16 for v in diffs.values())
+    plain = load_sd(ckpt).unet
+    apply_webui(plain, diffs)
+    with torch.no_grad():
+        ui = plain(x, t, ctx).sample
+    # fp16 differences: each is off by at most its unit roundoff u = 2^-11 relative, and the output moves with
+    # them linearly (the adapter's effect is small against the weights): within 4u of that effect
+    u16 = torch.finfo(torch.float16).eps / 2
+    assert (ui - ours).abs().max() <= 4 * u16 * (ours - before).abs().max() + same["atol"]
 
 
 @pytest.mark.numerics

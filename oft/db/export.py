@@ -1,5 +1,6 @@
-"""Using a trained DreamBooth-OFT adapter: in a diffusers ``StableDiffusionPipeline``, or merged into a standalone
-model (a diffusers folder or one single-file checkpoint) that any SD tool opens.
+"""Using a trained DreamBooth-OFT adapter: in a diffusers ``StableDiffusionPipeline``, merged into a standalone
+model (a diffusers folder or one single-file checkpoint) that any SD tool opens, or as an adapter other tools
+load: a PEFT folder, the per-layer weight differences A1111 and ComfyUI read, or our own file from a PEFT folder.
 
 The reference saved its OFT layers as attention processors that a pipeline could not load back (its issue #9);
 here the adapter is a small safetensors file of R blocks plus metadata, and ``oft_layers.load_adapter`` wraps
@@ -16,10 +17,11 @@ import torch
 
 import oft_layers
 from oft.common.files import atomic_folder
-from oft.db.layout import EXPORT_FORMATS
+from oft.db.layout import EXPORT_FORMATS, MERGED_FORMATS
 from oft.sd import load_sd
 from oft.sd.loading import save_single_file
 from oft.sd.sampling import make_scheduler
+from oft.sd.webui import save_webui
 from oft.specs.sampling import DREAMBOOTH_VALIDATION
 
 logger = logging.getLogger(__name__)
@@ -33,11 +35,13 @@ def load_with_adapter(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ):
-    """The base SD model with the adapter loaded; ``merge=True`` folds every rotation into its weight and removes
-    the OFT wrappers (a plain model: sampling costs exactly the base model's). Returns ``(SDModels, metadata)``.
+    """The base SD model with the adapter (our file, or a PEFT OFT/BOFT folder) loaded; ``merge=True`` folds every
+    rotation into its weight and removes the OFT wrappers (a plain model: sampling costs exactly the base
+    model's). Returns ``(SDModels, metadata)``.
     """
     models = load_sd(base).freeze()  # float32 on the CPU: the rotation is folded in full precision
-    meta = oft_layers.load_adapter(models.unet, adapter)
+    load = oft_layers.load_peft if oft_layers.is_peft_folder(adapter) else oft_layers.load_adapter
+    meta = load(models.unet, adapter)
     trained_on = meta.get("base_model")
     if trained_on and not models.same_base(trained_on):
         logger.warning(
@@ -67,13 +71,37 @@ def to_pipeline(models):
     )
 
 
+def export(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    output: str | os.PathLike,
+    fmt: str,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write base + adapter as ``fmt`` (``EXPORT_FORMATS``): a merged model (``export_merged``), a PEFT folder,
+    the web UIs' weight differences (in ``dtype``), or our adapter file. Atomic."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {list(EXPORT_FORMATS)}")
+    if fmt in MERGED_FORMATS:
+        return export_merged(base, adapter, output, fmt)
+    models, meta = load_with_adapter(base, adapter, merge=False)
+    provenance = {"base_model": meta.get("base_model") or models.identity}
+    if fmt == "peft":
+        return atomic_folder(output, lambda tmp: oft_layers.save_peft(models.unet, tmp, provenance))
+    if fmt == "webui":
+        return save_webui(models.unet, output, dtype, provenance)
+    return oft_layers.save_adapter(
+        models.unet, output, {**provenance, "source": meta.get("source", "adapter")}
+    )
+
+
 def export_merged(
     base: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike, fmt: str
 ) -> Path:
     """Write base + adapter as one standalone model: ``"diffusers"`` (a folder ``save_pretrained`` writes) or
     ``"single-file"`` (original LDM keys; ``.safetensors`` or ``.ckpt`` by the output's suffix). Atomic."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: choose one of {EXPORT_FORMATS}")
+    if fmt not in MERGED_FORMATS:
+        raise ValueError(f"unknown merged format {fmt!r}: choose one of {MERGED_FORMATS}")
     output = Path(output)
     models, _ = load_with_adapter(base, adapter, merge=True)
     if fmt == "single-file":

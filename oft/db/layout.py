@@ -15,4 +15,12 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "state.pt"
 VALIDATION_DIR = "validation"
-EXPORT_FORMATS = ("diffusers", "single-file")  # what a merged model is exported as (oft.db.export)
+# What a trained adapter is exported as (oft.db.export): the first two are base + adapter merged into one model.
+EXPORT_FORMATS = {
+    "diffusers": "a merged StableDiffusionPipeline folder",
+    "single-file": "one merged LDM-layout .safetensors/.ckpt, like v1-5-pruned.ckpt",
+    "peft": "a PEFT OFT folder (BOFT with magnitude scales) for PeftModel.from_pretrained",
+    "webui": "per-layer weight differences (.safetensors) that A1111 and ComfyUI load as a LoRA",
+    "adapter": "this project's adapter file (e.g. converted from a PEFT folder)",
+}
+MERGED_FORMATS = ("diffusers", "single-file")

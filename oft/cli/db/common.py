@@ -24,8 +24,12 @@ def add_benchmark_folders(p: Flags, holds: str, runs: str) -> None:
 
 
 def add_adapter_flags(p: Flags) -> None:
-    """``--adapter`` (a trained adapter file) and ``--base`` (the SD1.5 it was trained on)."""
-    p.add_argument("--adapter", required=True, help="adapter.safetensors written by train_dreambooth_oft.py")
+    """``--adapter`` (a trained adapter file or PEFT folder) and ``--base`` (the SD1.5 it was trained on)."""
+    p.add_argument(
+        "--adapter",
+        required=True,
+        help="adapter.safetensors written by train_dreambooth_oft.py, or a PEFT OFT/BOFT adapter folder",
+    )
     p.add_argument(
         "--base",
         default=DreamBoothConfig.pretrained_model,
