@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[eval,dev]'
+	$(PY) -m pip install -q -e '.[eval,dev,app]'
 	touch $(STAMP)
 
 test: $(STAMP)
