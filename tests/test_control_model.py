@@ -146,7 +146,7 @@ def test_cached_encodings_draw_the_same_latents_and_give_the_same_loss(files):
     module = ControlOFT(ini)
     sd = module.cm.sd
     module.encodings = encode_dataset(sd, data, chunk=4)  # chunks of 4 and 2: other batchings than the step's
-    assert module.encodings.mean.shape == (6, 4, 4, 4) and module.encodings.context.shape[:2] == (6, 77)
+    assert module.encodings.mean.shape == (6, 4, 4, 4) and module.encodings.cond.context.shape[:2] == (6, 77)
     batch = collate([data[i] for i in (5, 1, 3)])  # a shuffled batch: looked up by its items' indices
     cached = module.loss(batch, step_generator(0, 7, 0))
     first = module.encodings.latents(batch["index"], step_generator(0, 7, 0), sd.latent_scale)

@@ -56,6 +56,38 @@ def test_counts_follow_the_formula_on_the_tiny_preset():
     assert row.oft_dof == sum(2 * (w // 2) * (w // 2 - 1) // 2 for w in widths)
 
 
+def _block_dof(r: int, width: int, context: int, ff: bool) -> int:
+    """Skew DOF of one transformer block by hand: attn1 q/k/v/out and attn2 q/out read ``width`` features, attn2
+    k/v the text ``context``; the GEGLU projection reads ``width``."""
+    dof = lambda features: r * (features // r) * (features // r - 1) // 2  # noqa: E731
+    return 6 * dof(width) + 2 * dof(context) + (dof(width) if ff else 0)
+
+
+@pytest.mark.parametrize(
+    "base, blocks, context",
+    [
+        # SD2.1: SD1.5's 16 blocks (5 at 320, 5 at 640, 6 at 1280 with the mid block), 1024-wide OpenCLIP context
+        ("sd21", {320: 5, 640: 5, 1280: 6}, 1024),
+        # SDXL: 2 + 2x2 + 3x2 blocks at 640 (down, up), 2x10 + 10 + 3x10 at 1280, context 768 + 1280
+        ("sdxl", {640: 10, 1280: 60}, 2048),
+    ],
+)
+@pytest.mark.parametrize("r", [2, 4])
+def test_counts_of_the_other_bases_follow_the_formula(base, blocks, context, r):
+    for targets, ff in (("attn+ff", True), ("attn", False)):
+        row = count_control_parameters(r, base, targets)
+        assert row.layers == sum(blocks.values()) * (9 if ff else 8)
+        assert row.oft_dof == sum(n * _block_dof(r, w, context, ff) for w, n in blocks.items())
+        assert row.hint_encoder == 1_086_480  # the 320-wide first block of every base
+
+
+def test_count_only_prints_another_base(capsys):
+    tool = _tool()
+    table = tool.main(tool.parse_args(["--count-only", "--base", "sdxl", "--r", "4"]))
+    assert "| sdxl | 4 | 630 | 162,565,760 | 1,086,480 | 163,652,240 |" in table
+    assert "| attn | - | 4 | 560 | 149,807,360 |" in table and "paper" not in table
+
+
 def test_flags_are_checked():
     tool = _tool()
     with pytest.raises(SystemExit):

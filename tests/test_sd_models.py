@@ -89,8 +89,8 @@ def test_schedule_is_sd15(tiny):
 
 
 def test_unknown_preset_message():
-    with pytest.raises(ValueError, match="unknown SD preset 'sd21'"):
-        build_sd("sd21")
+    with pytest.raises(ValueError, match="unknown SD preset 'sd3'"):
+        build_sd("sd3")
 
 
 def test_sd15_meta_architecture():

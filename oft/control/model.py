@@ -56,6 +56,7 @@ class ControlOFT(L.LightningModule):
             raise ValueError(f"timestep range [{lo}, {hi}) must lie within [0, {total}) and be non-empty")
         # registered as children so Lightning moves them; ``self.cm`` keeps the same objects
         self.unet, self.vae, self.text_encoder, self.hint = sd.unet, sd.vae, sd.text_encoder, self.cm.hint
+        self.text_encoder_2 = sd.text_encoder_2  # SDXL's second encoder (None otherwise)
         if stage == "magnitude":
             for _, layer in oft_layers.oft_modules(self.unet):
                 layer.R.requires_grad_(False)
@@ -77,24 +78,24 @@ class ControlOFT(L.LightningModule):
             self.encodings = encode_dataset(self.cm.sd, self.trainer.datamodule.dataset).to(self.device)
 
     def loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """ε-prediction MSE of one batch: jpg (B, 3, H, W) in [-1, 1], hint (B, 3, H, W) in [0, 1], txt (B,)."""
+        """The base's MSE (ε-prediction; SD2.1: v-prediction) of one batch: jpg (B, 3, H, W) in [-1, 1], hint
+        (B, 3, H, W) in [0, 1], txt (B,)."""
         sd = self.cm.sd
         if self.encodings is not None:  # the same draws from the posteriors encoded once
             index = batch["index"].to(self.encodings.mean.device)
             latents = self.encodings.latents(index, generator, sd.latent_scale)
-            context = self.encodings.context[index]
+            cond = self.encodings.cond.index(index)
         else:
             latents = sd.encode_images(batch["jpg"], generator=generator)  # (B, 4, H/8, W/8), frozen VAE
-            context = sd.encode_prompts(
-                batch["txt"]
-            )  # (B, 77, d), frozen CLIP; no prompt dropout (reference)
+            # (B, 77, d) from the frozen text encoder(s); no prompt dropout (reference)
+            cond = sd.condition(batch["txt"], *batch["jpg"].shape[-2:])
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         lo, hi = self.timestep_range  # all of [0, 1000) unless narrowed (the reference: all)
         t = torch.randint(lo, hi, (latents.shape[0],), generator=generator, device=latents.device)
         noisy = sd.noise_scheduler.add_noise(latents, noise, t)
         with add_to_conv_in(self.unet, self.hint(batch["hint"])):
-            pred = self.unet(noisy, t, encoder_hidden_states=context).sample
-        return F.mse_loss(pred.float(), noise.float())
+            pred = self.unet(noisy, t, **cond.to(latents.device, latents.dtype).unet_kwargs()).sample
+        return F.mse_loss(pred.float(), sd.training_target(latents, noise, t).float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         gen = step_generator(self.hparams.seed, self.global_step, self.global_rank, device=self.device)

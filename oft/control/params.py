@@ -1,4 +1,5 @@
-"""Trainable parameters of the control model (paper Table 3), counted on the real SD1.5 architecture, weight-free.
+"""Trainable parameters of the control model (paper Table 3), counted on a real architecture (SD1.5, SD2.1,
+SDXL), weight-free.
 
 The UNet and the hint encoder are built on the meta device (shapes only, no memory), OFT is injected on the 144
 control targets (or another target set of ``oft.sd.targets.TARGET_SETS``), and the rotations are counted as the reference did: skew degrees of freedom ``r·b(b−1)/2``.
@@ -38,6 +39,7 @@ class ParameterCount:
     hint_encoder: int
     targets: str = CONTROL_TARGET_SET
     conv_layout: str = "flat"
+    preset: str = "sd15"
 
     @property
     def total(self) -> int:
@@ -58,7 +60,7 @@ def count_control_parameters(
         hint = HintEncoder(out_channels=unet.conv_in.out_channels)
     names = inject(unet, target_set(targets), r=r, conv_layout=conv_layout)
     hint_size = sum(p.numel() for p in hint.parameters())
-    return ParameterCount(r, len(names), count_trainable(unet), hint_size, targets, conv_layout)
+    return ParameterCount(r, len(names), count_trainable(unet), hint_size, targets, conv_layout, preset)
 
 
 def count_target_sets(r: int, preset: str = "sd15") -> list[ParameterCount]:
@@ -123,7 +125,18 @@ def budget_matched_eps(toy: Proportions, reference: Proportions) -> float:
 
 
 def format_parameter_table(rows: list[ParameterCount]) -> str:
-    """The table printed by ``tool_add_control_oft.py --count-only``, next to the paper's figures."""
+    """The table printed by ``tool_add_control_oft.py --count-only``: for SD1.5 next to the paper's figures
+    (Table 3), for another base its own counts."""
+    if any(row.preset != "sd15" for row in rows):
+        lines = [
+            "| base | r | OFT layers | OFT skew DOF | hint encoder | total |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {row.preset} | {row.r} | {row.layers} | {row.oft_dof:,} | {row.hint_encoder:,} | {row.total:,} |"
+            for row in rows
+        ]
+        return "\n".join(lines)
     lines = [
         "| r | OFT layers | OFT skew DOF | paper Table 3 DOF | hint encoder | total (ours) | reference total | paper |",
         "|---|---|---|---|---|---|---|---|",

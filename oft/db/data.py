@@ -51,9 +51,14 @@ def epoch_order(length: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(length, generator=step_generator(seed, epoch, ORDER_STREAM)).tolist()
 
 
-def load_crop(path: Path, size: int, generator: torch.Generator, center_crop: bool) -> torch.Tensor:
-    """Image file -> (3, size, size) in [-1, 1]: shorter side resized to ``size``, then a (random) square crop."""
+def load_crop(
+    path: Path, size: int, generator: torch.Generator, center_crop: bool
+) -> tuple[torch.Tensor, tuple[int, int, int, int, int, int]]:
+    """Image file -> (3, size, size) in [-1, 1]: shorter side resized to ``size``, then a (random) square crop;
+    and SDXL's size conditioning of that crop: original (h, w), crop (top, left) after resizing, target (size,
+    size), as diffusers' SDXL DreamBooth records them."""
     with Image.open(path) as im:
+        original = (im.height, im.width)
         image = TF.resize(TF.pil_to_tensor(im.convert("RGB")), size, antialias=True)  # (3, H', W') uint8
     h, w = image.shape[-2:]
     if center_crop:
@@ -62,11 +67,12 @@ def load_crop(path: Path, size: int, generator: torch.Generator, center_crop: bo
         top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
     crop = image[:, top : top + size, left : left + size]
-    return crop.float() / 127.5 - 1.0
+    return crop.float() / 127.5 - 1.0, (*original, top, left, size, size)
 
 
 class DreamBoothSteps(Dataset):
-    """Item ``s`` is the batch of training step ``s``: ``{"pixel_values": (B, 3, size, size)}``.
+    """Item ``s`` is the batch of training step ``s``: ``{"pixel_values": (B, 3, size, size), "time_ids": (B, 6)}``
+    (the size conditioning of each crop, which only SDXL uses).
 
     The batch holds ``batch_size`` instance images and, with prior preservation, as many class images after
     them (diffusers' layout: instance half first). One epoch visits ``max(#instance, #class)`` item pairs, item
@@ -107,8 +113,11 @@ class DreamBoothSteps(Dataset):
         paths = [self.instance_paths[k % len(self.instance_paths)] for k in items]
         if self.class_paths:
             paths += [self.class_paths[k % len(self.class_paths)] for k in items]
-        pixels = torch.stack([load_crop(p, self.size, g, self.center_crop) for p in paths])
-        return {"pixel_values": pixels}
+        crops = [load_crop(p, self.size, g, self.center_crop) for p in paths]
+        return {
+            "pixel_values": torch.stack([pixels for pixels, _ in crops]),
+            "time_ids": torch.tensor([ids for _, ids in crops], dtype=torch.float32),
+        }
 
 
 class StepSampler(torch.utils.data.Sampler[int]):

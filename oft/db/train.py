@@ -43,6 +43,7 @@ from oft.db.data import NOISE_STREAM, DreamBoothSteps, StepSampler
 from oft.db.layout import ADAPTER_NAME, LOG_FILE, RUN_INFO, VALIDATION_DIR
 from oft.db.validation import merged_for_inference, validation_images
 from oft.sd import load_sd
+from oft.sd.conditioning import Conditioning
 from oft.sd.models import SDModels
 from oft.sd.targets import target_set
 
@@ -72,11 +73,12 @@ def dreambooth_loss(
     models,
     unet,
     pixels: torch.Tensor,
-    context: torch.Tensor,
+    cond: Conditioning,
     generator: torch.Generator,
     prior_weight: float | None,
 ) -> torch.Tensor:
-    """ε-prediction MSE of one batch (pixels (B', 3, H, W) in [-1, 1], context (B', 77, hidden)).
+    """The base's MSE (ε-prediction; SD2.1: v-prediction) of one batch (pixels (B', 3, H, W) in [-1, 1], its
+    text conditions ``cond`` of B' items).
 
     Latents, noise and timesteps come from ``generator``. With prior preservation (``prior_weight`` not None) the
     second half of the batch are class images, whose loss is added with that weight (DreamBooth).
@@ -85,14 +87,15 @@ def dreambooth_loss(
     latents = models.encode_images(pixels, generator=generator)  # (B', 4, H/8, W/8)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-    pred = unet(
-        scheduler.add_noise(latents, noise, t.to(latents.device)), t.to(latents.device), context
-    ).sample
+    t = t.to(latents.device)
+    kwargs = cond.to(latents.device, latents.dtype).unet_kwargs()
+    pred = unet(scheduler.add_noise(latents, noise, t), t, **kwargs).sample
+    target = models.training_target(latents, noise, t)
     if prior_weight is None:
-        return F.mse_loss(pred.float(), noise.float())
+        return F.mse_loss(pred.float(), target.float())
     pred, pred_prior = pred.float().chunk(2)
-    noise, noise_prior = noise.float().chunk(2)
-    return F.mse_loss(pred, noise) + prior_weight * F.mse_loss(pred_prior, noise_prior)
+    target, target_prior = target.float().chunk(2)
+    return F.mse_loss(pred, target) + prior_weight * F.mse_loss(pred_prior, target_prior)
 
 
 def train(cfg: DreamBoothConfig, extra_info: dict | None = None) -> Path:
@@ -277,7 +280,7 @@ def train_steps(s: Session, data: DreamBoothSteps, start: int) -> int:
         batch_size=None,
         num_workers=cfg.num_workers,
     )
-    context = s.models.encode_prompts(
+    cond = s.models.condition(
         [cfg.instance_prompt] * cfg.train_batch_size
         + ([cfg.class_prompt] * cfg.train_batch_size if s.prior else [])
     )
@@ -286,7 +289,9 @@ def train_steps(s: Session, data: DreamBoothSteps, start: int) -> int:
     bar = tqdm(total=cfg.max_train_steps, initial=start, desc="train", disable=not cfg.progress)
     with bar, open(s.out / LOG_FILE, "a") as log:
         for micro_step, batch in enumerate(loader, start=start * micro):
-            loss = micro_step_loss(s, batch["pixel_values"], context, micro_step)
+            loss = micro_step_loss(
+                s, batch["pixel_values"], cond.with_time_ids(batch["time_ids"]), micro_step
+            )
             if not s.accelerator.sync_gradients:
                 continue
             step += 1
@@ -299,12 +304,12 @@ def train_steps(s: Session, data: DreamBoothSteps, start: int) -> int:
     return step
 
 
-def micro_step_loss(s: Session, pixels: torch.Tensor, context: torch.Tensor, micro_step: int) -> torch.Tensor:
+def micro_step_loss(s: Session, pixels: torch.Tensor, cond: Conditioning, micro_step: int) -> torch.Tensor:
     """Forward and backward of one micro-batch; the optimizer steps when the accumulation is complete."""
     generator = step_generator(s.cfg.seed, micro_step, NOISE_STREAM)
     prior_weight = s.cfg.prior_loss_weight if s.prior else None
     with s.accelerator.accumulate(s.unet):
-        loss = dreambooth_loss(s.models, s.unet, pixels, context, generator, prior_weight)
+        loss = dreambooth_loss(s.models, s.unet, pixels, cond, generator, prior_weight)
         s.accelerator.backward(loss)
         if s.accelerator.sync_gradients:
             s.accelerator.clip_grad_norm_(s.params, s.cfg.max_grad_norm)

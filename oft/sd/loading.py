@@ -154,6 +154,8 @@ def load_sd(
         preset, (unet, vae, text_encoder) = _folder_networks(path, preset)
     else:
         preset, (unet, vae, text_encoder) = _single_file_networks(path, preset, ema)
-    models = assemble(preset, unet, vae, text_encoder, identity=identity_of(path))
+    models = assemble(
+        preset, {"unet": unet, "vae": vae, "text_encoder": text_encoder}, identity=identity_of(path)
+    )
     models.legacy_identity = legacy_identity_of(path)
     return models.to(dtype=dtype)

@@ -18,6 +18,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from oft.sd.conditioning import Conditioning
 from oft.sd.configs import LATENT_CHANNELS, VAE_DOWNSAMPLE
 from oft.sd.models import SDModels
 from oft.specs.sampling import CONTROL_EVAL
@@ -26,8 +27,9 @@ SAMPLERS = ("ddim", "dpm", "pndm")
 
 
 def make_scheduler(sampler: str, training_config: Any) -> SchedulerMixin:
-    """A sampling scheduler on SD1.5's training schedule (``models.noise_scheduler.config``)."""
-    if sampler == "ddim":  # SD1.5's DDIM: leading spacing with offset 1, final alpha from step 0, no clipping
+    """A sampling scheduler on the base's training schedule (``models.noise_scheduler.config``, which carries
+    its prediction type)."""
+    if sampler == "ddim":  # SD's DDIM: leading spacing with offset 1, final alpha from step 0, no clipping
         return DDIMScheduler.from_config(
             training_config,
             set_alpha_to_one=False,
@@ -94,15 +96,36 @@ def sample(
     scheduler = make_scheduler(sampler, models.noise_scheduler.config)
     scheduler.set_timesteps(steps)
     cfg = guidance != 1.0
-    context = models.encode_prompts(([negative_prompt] * len(prompts) if cfg else []) + list(prompts))
+    cond = models.condition(list(prompts), height, width)
+    if cfg:
+        cond = Conditioning.cat([unconditional(models, negative_prompt, len(prompts), height, width), cond])
     generators = [torch.Generator() for _ in seeds]
     shape = (LATENT_CHANNELS, height // VAE_DOWNSAMPLE, width // VAE_DOWNSAMPLE)
     latents = initial_noise(seeds, shape, generators).to(models.device, models.dtype)
     step_kwargs = {"eta": eta, "generator": generators} if sampler == "ddim" else {}
     latents = denoise(
-        models.unet, scheduler, latents, context, guidance, unet_kwargs_fn, step_kwargs, progress
+        models.unet,
+        scheduler,
+        latents,
+        cond.to(models.device, models.dtype),
+        guidance,
+        unet_kwargs_fn,
+        step_kwargs,
+        progress,
     )
     return ((models.decode_latents(latents) + 1) / 2).clamp(0, 1).float().cpu()
+
+
+def unconditional(models: SDModels, negative_prompt: str, n: int, height: int, width: int) -> Conditioning:
+    """The classifier-free-guidance branch of ``n`` items: ``negative_prompt`` encoded, except an empty one on
+    SDXL, which is all zeros (text context and pooled embedding), as SDXL's pipeline does by default
+    (``force_zeros_for_empty_prompt``)."""
+    uncond = models.condition([negative_prompt] * n, height, width)
+    if models.base.family == "sdxl" and not negative_prompt:
+        uncond = Conditioning(
+            torch.zeros_like(uncond.context), torch.zeros_like(uncond.pooled), uncond.time_ids
+        )
+    return uncond
 
 
 @torch.no_grad()
@@ -110,7 +133,7 @@ def denoise(
     unet: torch.nn.Module,
     scheduler: SchedulerMixin,
     noise: Tensor,
-    context: Tensor,
+    cond: Conditioning | Tensor,
     guidance: float,
     unet_kwargs_fn: Callable[[Tensor, Tensor], dict[str, Any]] | None = None,
     step_kwargs: dict[str, Any] | None = None,
@@ -118,14 +141,16 @@ def denoise(
 ) -> Tensor:
     """The sampling loop over ``scheduler.timesteps`` (already set): noise (B, 4, h, w) -> latents (B, 4, h, w).
 
-    ``context`` is (2B, 77, d) ``cat([uncond, cond])`` when ``guidance != 1``, else (B, 77, d).
+    ``cond`` holds 2B items ``cat([uncond, cond])`` when ``guidance != 1``, else B (a bare context tensor
+    (·, 77, d) stands for ``Conditioning(context)``).
     """
+    cond = cond if isinstance(cond, Conditioning) else Conditioning(cond)
     cfg = guidance != 1.0
     latents = noise * scheduler.init_noise_sigma
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
         model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
         extra = unet_kwargs_fn(model_in, t) if unet_kwargs_fn is not None else {}
-        eps = unet(model_in, t, encoder_hidden_states=context, **extra).sample
+        eps = unet(model_in, t, **cond.unet_kwargs(), **extra).sample
         if cfg:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)

@@ -1,4 +1,4 @@
-"""SD1.5's tokenizer (CLIP ViT-L/14 BPE), built offline from the vocabulary that ``open_clip_torch`` ships.
+"""SD's tokenizers (CLIP ViT-L/14 BPE, which OpenCLIP's encoders share), built offline from the vocabulary that ``open_clip_torch`` ships.
 
 ``CLIPTokenizer.from_pretrained(...)`` needs a model hub and, offline, quietly returns a 2-token vocabulary
 (SPEC §8), so we rebuild ``vocab`` and ``merges`` exactly as CLIP's ``SimpleTokenizer`` does from
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from oft.sd.configs import EOS_TOKEN_ID, MAX_LENGTH, VOCAB_SIZE
+from oft.sd.configs import EOS_TOKEN, MAX_LENGTH, VOCAB_SIZE
 
 _N_MERGES = 49152 - 256 - 2  # CLIP's SimpleTokenizer keeps this many merges of the file
 
@@ -66,17 +66,20 @@ def _cached_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return clip_vocab_and_merges()
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """SD1.5's tokenizer: CLIP BPE, 77 tokens, truncation, padded with ``<|endoftext|>`` (id 49407); offline.
+def build_tokenizer(pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
+    """SD's tokenizer: CLIP BPE, 77 tokens, truncation, padded with ``pad_token`` (SD1.5 and SDXL's first
+    encoder: ``<|endoftext|>``, id 49407; SD2 and SDXL's OpenCLIP encoder: ``!``, id 0); offline.
 
-    Call it as SD1.5 does: ``tok(prompts, padding="max_length", max_length=77, truncation=True)``.
+    Call it as SD does: ``tok(prompts, padding="max_length", max_length=77, truncation=True)``.
     """
     vocab, merges = _cached_vocab_and_merges()
     # transformers 5 takes ``vocab=``/``merges=``; the old ``vocab_file=`` keyword is silently ignored there.
-    tok = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MAX_LENGTH)
-    if tok.vocab_size != VOCAB_SIZE or tok.pad_token_id != EOS_TOKEN_ID:
+    tok = CLIPTokenizer(
+        vocab=dict(vocab), merges=list(merges), model_max_length=MAX_LENGTH, pad_token=pad_token
+    )
+    if tok.vocab_size != VOCAB_SIZE or tok.pad_token_id != vocab[pad_token]:
         raise RuntimeError(
             f"CLIP tokenizer built with vocabulary {tok.vocab_size} and pad id {tok.pad_token_id} "
-            f"(expected {VOCAB_SIZE} and {EOS_TOKEN_ID}): check the installed transformers/open_clip_torch versions"
+            f"(expected {VOCAB_SIZE} and {vocab[pad_token]}): check the installed transformers/open_clip_torch versions"
         )
     return tok

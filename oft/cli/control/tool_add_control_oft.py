@@ -8,9 +8,11 @@ By default the output also carries a copy of the base SD (as the reference's did
 the new weights (a few MB) and a reference to the base file.
 
     python oft-control/tool_add_control_oft.py --count-only --r 2 4 8 16
+    python oft-control/tool_add_control_oft.py --count-only --base sdxl
 
-prints the trainable parameters per r (paper Table 3) on the weight-free SD1.5 architecture, then per target set
-(--targets; the appendix ablation of where OFT goes), and writes nothing.
+prints the trainable parameters per r (paper Table 3) on the weight-free SD1.5 architecture (--base: SD2.1's or
+SDXL's), then per target set (--targets; the appendix ablation of where OFT goes: "attn" is oft-db's set), and
+writes nothing. Building reads the base's architecture from --input_path (SD1.5, SD2.1 or SDXL).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from oft.control.params import (
     format_parameter_table,
     format_target_set_table,
 )
+from oft.sd.configs import REAL_BASES
 
 R = next(f for f in fields(Experiment) if f.name == "r")  # its default and help, with several values here
 
@@ -58,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_options(p, Experiment, only=("eps", "coft", "block_share", "targets", "conv_layout"))
     p.add_argument(
+        "--base",
+        choices=REAL_BASES,
+        default="sd15",
+        help="the architecture --count-only counts [default: %(default)s]",
+    )
+    p.add_argument(
         *flag_names("adapter_only"),
         dest="adapter_only",
         action="store_true",
@@ -81,8 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path | str:
     if args.count_only:
-        table = format_parameter_table([count_control_parameters(r) for r in args.r])
-        table += "\n\n" + format_target_set_table([row for r in args.r for row in count_target_sets(r)])
+        base = args.base
+        table = format_parameter_table([count_control_parameters(r, base) for r in args.r])
+        table += "\n\n" + format_target_set_table([row for r in args.r for row in count_target_sets(r, base)])
         print(table)
         return table
     output = Path(args.output_path)
