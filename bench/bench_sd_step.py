@@ -1,7 +1,9 @@
-"""Model-level cost of OFT on the SD1.5 UNet: one training step and merged sampling, side by side in one run.
+"""Model-level cost of OFT on an SD UNet: one training step and merged sampling, side by side in one run.
 
-Training step = forward + backward of the SD1.5-architecture UNet (random weights, frozen) at batch 1 and 64x64
-latents (the paper's 512-px training), with trainable adapters on the 144 control targets only: OFT r=4 (our
+Training step = forward + backward of the UNet of ``--base`` (SD1.5 by default; SD2.1, SDXL or a tiny preset;
+random weights, frozen) at batch 1 and the base's latent size (SD1.5: 64x64, the paper's 512-px training; SD2.1:
+96, SDXL: 128), in float32 or ``--dtype bf16`` (frozen weights in bf16, rotations float32), optionally with
+``--gradient-checkpointing``, with trainable adapters on the control targets only: OFT r=4 (our
 automatic path), the same with the reference-style dense rebuild, PEFT's rank-4 LoRA (the baseline of the
 ratios), a control copy of that baseline, and PEFT's OFT with its default Cayley-Neumann series (its exact
 solve can hang on CPU: PyTorch issue 142815, SPEC §8; ``bench_layers.py`` measures it in a child process).
@@ -27,7 +29,8 @@ from torch import nn
 
 from oft.common.files import atomic_write_json
 from oft.common.timing import SavedForBackward, busy_warning, describe, interleaved, machine_info
-from oft.sd.configs import SCHEDULER, preset_config
+from oft.sd.conditioning import Conditioning, size_ids
+from oft.sd.configs import PRESETS, VAE_DOWNSAMPLE, base_of, preset_config, scheduler_config
 from oft.sd.sampling import denoise, make_scheduler
 from oft.sd.targets import CONTROL_TARGETS
 from oft_layers import inject, merge, oft_modules, strip
@@ -113,12 +116,13 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def train_step(unet: nn.Module, latents, t, context, noise) -> tuple[float, int]:
+def train_step(unet: nn.Module, latents, t, cond: Conditioning, noise) -> tuple[float, int]:
     """Seconds for one forward+backward (ε-MSE) with gradients for the adapter only, and the bytes autograd saved
     for the backward (the activation memory the step holds at its peak, independent of the allocator)."""
     start = time.perf_counter()
     with SavedForBackward() as saved:
-        loss = nn.functional.mse_loss(unet(latents, t, encoder_hidden_states=context).sample, noise)
+        out = unet(latents, t, **cond.unet_kwargs()).sample
+        loss = nn.functional.mse_loss(out.float(), noise.float())
     loss.backward()
     elapsed = time.perf_counter() - start
     for p in unet.parameters():
@@ -128,7 +132,7 @@ def train_step(unet: nn.Module, latents, t, context, noise) -> tuple[float, int]
 
 def bench_training(unet, inputs, args) -> dict:
     """Shuffled rounds: each variant is injected, one step is timed, the variant is stripped."""
-    variants = training_variants()
+    variants = {k: v for k, v in training_variants().items() if args.variants is None or k in args.variants}
     extra: dict[str, dict] = {name: {"peak_mib": 0.0} for name in variants}
 
     def timed(name: str) -> Callable[[], float]:
@@ -149,13 +153,15 @@ def bench_training(unet, inputs, args) -> dict:
 
         return run
 
-    res = interleaved({name: timed(name) for name in variants}, BASELINE, torch.device("cpu"),
+    baseline = BASELINE if BASELINE in variants else next(iter(variants))  # --variants may leave LoRA out
+    res = interleaved({name: timed(name) for name in variants}, baseline, torch.device("cpu"),
                       min_rounds=args.repeats, max_rounds=args.max_repeats, rel_halfwidth=0.03,
                       budget_s=args.budget_s, warmup=args.warmup, seed=args.seed)  # fmt: skip
     assert not any(p.requires_grad for p in unet.parameters()), "a variant was not stripped"
     return {
         "rounds": res["rounds"],
         "others_cpu": res["others_cpu"],
+        "baseline": baseline,
         "variants": {
             name: {"ratio": res["ratio"][name], "times_s": res["times_s"][name], **extra[name]}
             for name in variants
@@ -163,9 +169,9 @@ def bench_training(unet, inputs, args) -> dict:
     }
 
 
-def bench_sampling(unet, context, noise, args) -> dict:
+def bench_sampling(unet, cond: Conditioning, noise, args) -> dict:
     """``sample_steps``-step DDIM (no CFG: batch 1) of the plain UNet and of the OFT UNet after merge."""
-    scheduler = make_scheduler("ddim", SCHEDULER)
+    scheduler = make_scheduler("ddim", scheduler_config(args.base))
 
     def timed(merged: bool) -> Callable[[], float]:
         def run() -> float:
@@ -174,7 +180,7 @@ def bench_sampling(unet, context, noise, args) -> dict:
                 merge(unet)
             scheduler.set_timesteps(args.sample_steps)
             start = time.perf_counter()
-            denoise(unet, scheduler, noise, context, guidance=1.0)
+            denoise(unet, scheduler, noise, cond, guidance=1.0)
             seconds = time.perf_counter() - start
             strip(unet)
             print(f"  sampling {'OFT merged' if merged else 'plain'}: {seconds:.2f} s", flush=True)
@@ -203,17 +209,25 @@ def _cell(ratio) -> str:
     return f"{med:.2f}x [{lo:.2f}, {hi:.2f}]"
 
 
+def _short(baseline: str) -> str:
+    return "LoRA" if baseline == BASELINE else baseline
+
+
 def format_results(results: dict) -> str:
     """Markdown tables: median seconds and the ratio (paired by round) with its 95 % interval."""
-    lines = [f"Machine: {results['machine']}.", f"Preset {results['preset']}, batch 1, "
-             f"{results['latent']}x{results['latent']} latents, fp32, adapters on the 144 control targets."]  # fmt: skip
+    options = results.get("dtype", "fp32") + (
+        ", gradient checkpointing" if results.get("checkpointing") else ""
+    )
+    lines = [f"Machine: {results['machine']}.", f"Base {results['preset']}, batch 1, "
+             f"{results['latent']}x{results['latent']} latents, {options}, adapters on the control targets."]  # fmt: skip
     if "training" in results:
         train = results["training"]
         lines += [
             "",
             f"{train['rounds']} timed rounds (order shuffled each round) after {results['warmup']} warm-up round(s).",
             "",
-            "| training step (fwd+bwd) | median s | vs LoRA [95 % CI] | peak RSS above base, MiB "
+            f"| training step (fwd+bwd) | median s | vs {_short(train.get('baseline', BASELINE))} [95 % CI] "
+            "| peak RSS above base, MiB "
             "| saved for backward, MiB | trainable numel |",
             "|---|---|---|---|---|---|",
         ]
@@ -239,9 +253,31 @@ def format_results(results: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--preset", default="sd15", choices=["sd15", "tiny"], help="UNet architecture (tiny: smoke test)"
+        "--base",
+        "--preset",
+        dest="base",
+        default="sd15",
+        choices=sorted(PRESETS),
+        help="UNet architecture (sd15, sd21, sdxl; the tiny presets: smoke tests) [default: %(default)s]",
     )
-    p.add_argument("--latent", type=int, default=64, help="latent side (64 = 512-px images)")
+    p.add_argument(
+        "--latent",
+        type=int,
+        default=None,
+        help="latent side [default: the base's resolution / 8: 64 for SD1.5]",
+    )
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="fp32", help="frozen weights' and activations' dtype"
+    )
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute the UNet's blocks in backward"
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="training variants to time (default: all; names as printed)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds of training steps")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of training steps (at least)")
     p.add_argument(
@@ -268,16 +304,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = preset_config(args.preset)["unet"]
-    print(f"building the {args.preset} UNet with random weights ...", flush=True)
-    unet = UNet2DConditionModel(**cfg).requires_grad_(False)
+    cfg = preset_config(args.base)["unet"]
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    latent = args.latent or base_of(args.base).resolution // VAE_DOWNSAMPLE
+    args.latent = latent
+    print(f"building the {args.base} UNet with random weights ...", flush=True)
+    unet = UNet2DConditionModel(**cfg).requires_grad_(False).to(dtype)
     unet.train()  # dropout is 0 in SD; train mode as in fine-tuning
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     g = torch.Generator().manual_seed(args.seed)
-    shape = (1, cfg["in_channels"], args.latent, args.latent)
-    context = torch.randn(1, 77, cfg["cross_attention_dim"], generator=g)
-    inputs = (torch.randn(shape, generator=g), torch.tensor([500]), context, torch.randn(shape, generator=g))
+    shape = (1, cfg["in_channels"], latent, latent)
+    cond = Conditioning(torch.randn(1, 77, cfg["cross_attention_dim"], generator=g))
+    if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled embedding and size numbers
+        pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+        side = latent * VAE_DOWNSAMPLE
+        cond = Conditioning(
+            cond.context, torch.randn(1, pooled, generator=g), size_ids(1, (side, side), (0, 0), (side, side))
+        )
+    cond = cond.to(dtype=dtype)
+    inputs = (
+        torch.randn(shape, generator=g).to(dtype),
+        torch.tensor([500]),
+        cond,
+        torch.randn(shape, generator=g).to(dtype),
+    )
     info = machine_info(torch.device("cpu"))
-    results = {"machine": describe(info), "machine_info": info, "preset": args.preset, "latent": args.latent,
+    results = {"machine": describe(info), "machine_info": info, "preset": args.base, "latent": latent,
+               "dtype": args.dtype, "checkpointing": args.gradient_checkpointing,
                "warmup": args.warmup, "sample_steps": args.sample_steps}  # fmt: skip
     if "training" in args.parts:
         print("training steps:", flush=True)
@@ -285,7 +339,7 @@ def main(args: argparse.Namespace) -> dict:
     if "sampling" in args.parts:
         unet.eval()
         print("sampling:", flush=True)
-        results["sampling"] = bench_sampling(unet, context, inputs[0], args)
+        results["sampling"] = bench_sampling(unet, cond, inputs[0], args)
     table = format_results(results)
     results["table"] = table
     atomic_write_json(args.out, results)

@@ -65,3 +65,17 @@ def test_tiny_run_writes_results_and_restores_the_unet(tmp_path, monkeypatch):
     assert not any(p.requires_grad for p in unet.parameters())
     assert all(type(m).__module__.startswith(("diffusers", "torch")) for m in unet.modules())
     assert isinstance(unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q, torch.nn.Linear)
+
+
+def test_sdxl_shaped_run_in_bf16_with_checkpointing(tmp_path):
+    """The SDXL-shaped tiny UNet (pooled embedding and size numbers added) in bf16 with gradient checkpointing,
+    two variants: our OFT against PEFT's LoRA."""
+    bench = _bench()
+    ours = "OFT r=4 (ours, auto path)"
+    argv = ["--base", "tiny-sdxl", "--dtype", "bf16", "--gradient-checkpointing", "--warmup", "0", "--repeats",
+            "1", "--max-repeats", "1", "--parts", "training", "--variants", ours, bench.BASELINE,
+            "--threads", str(torch.get_num_threads()), "--out", str(tmp_path / "xl.json")]  # fmt: skip
+    results = bench.main(bench.parse_args(argv))
+    assert results["latent"] == 8 and results["dtype"] == "bf16" and results["checkpointing"]
+    assert set(results["training"]["variants"]) == {ours, bench.BASELINE}
+    assert "Base tiny-sdxl, batch 1, 8x8 latents, bf16, gradient checkpointing" in results["table"]
