@@ -142,3 +142,26 @@ def test_the_control_loss_on_each_base_is_the_mse_to_its_target(preset):
     if preset == "tiny-sd2":  # the velocity, not the noise
         assert (expected - F.mse_loss(pred, noise)).abs() > EFFECT * tol(torch.float32, terms)["rtol"]
     assert len(list(oft_layers.oft_modules(module.unet))) == (36 if preset == "tiny-sd2" else 72)
+
+
+def test_class_images_come_from_each_base_stock_sampler(tmp_path):
+    """--class_images reference is the base's own pipeline: SD1.5's PNDM, SD2.1's DDIM, SDXL's Euler at CFG 5."""
+    from oft.db.class_images import class_recipe, ensure_class_images
+    from oft.specs.sampling import SamplerPreset
+
+    samplers = {f: class_recipe("reference", f).sampling for f in ("sd1", "sd2", "sdxl")}
+    assert samplers == {
+        "sd1": SamplerPreset("pndm", 50, 7.5),
+        "sd2": SamplerPreset("ddim", 50, 7.5),
+        "sdxl": SamplerPreset("euler", 50, 5.0),
+    }
+    assert class_recipe("ddim", "sdxl") == class_recipe("ddim", "sd1")
+    sd = build_sd("tiny-sdxl", seed=3)
+    recipe = class_recipe("reference", sd.base.family)
+    quick = type(recipe)(type(recipe.sampling)("euler", 2, 5.0), recipe.suffix, recipe.half_on_gpu)
+    made = ensure_class_images(
+        sd, tmp_path / "dog", "a dog", 2, size=64, batch_size=2, recipe=quick, progress=False
+    )
+    assert made == 2 and sorted(p.name for p in (tmp_path / "dog").glob("*.jpg")) == ["0000.jpg", "0001.jpg"]
+    with pytest.raises(ValueError, match="unknown class-image recipe"):
+        class_recipe("pndm")

@@ -131,8 +131,8 @@ def test_bad_inputs_are_explained(tiny):
         _sample(tiny, PROMPTS[:2], [1])
     with pytest.raises(ValueError, match="not a multiple of 8"):
         _sample(tiny, PROMPTS[:1], [1], height=30)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        _sample(tiny, PROMPTS[:1], [1], sampler="euler")
+    with pytest.raises(ValueError, match="unknown sampler 'lms'"):
+        _sample(tiny, PROMPTS[:1], [1], sampler="lms")
     with pytest.raises(ValueError, match="do not fit conv_in"):
         with add_to_conv_in(tiny.unet, torch.zeros(1, 3, 4, 4)):
             _sample(tiny, PROMPTS[:1], [1])

@@ -1,8 +1,8 @@
 """Prior-preservation class images: generated once per class by the base model, cached and shared by subjects.
 
-Two recipes (``RECIPES``, flag ``--class_images``): ``reference``, the default, makes them as the reference's
+Two recipes (``class_recipe``, flag ``--class_images``): ``reference``, the default, makes them as the reference's
 ``train_dreambooth_oft.py`` did with diffusers' stock pipeline (df2b263, lines 617-650): SD1.5's PNDM scheduler,
-50 steps, CFG 7.5, float16 on a GPU (float32 on a CPU, as its line 618 chose: CPUs lack float16 kernels), saved
+50 steps, CFG 7.5 (on SD2.1 and SDXL their own stock pipelines' sampler, ``oft.specs.sampling.STOCK_CLASS``), float16 on a GPU (float32 on a CPU, as its line 618 chose: CPUs lack float16 kernels), saved
 as JPEG by PIL with its defaults; ``ddim`` makes them with DDIM 50, CFG 7.5, in the run's dtype, saved as PNG.
 Unlike the reference (one global random stream), image ``k`` has its own seed ``seed + k``.
 
@@ -32,7 +32,7 @@ from oft.common.files import atomic_write_bytes, temporaries
 from oft.common.images import list_images, write_jpg, write_png
 from oft.sd.models import SDModels
 from oft.sd.sampling import sample
-from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_CLASS_DDIM, SamplerPreset
+from oft.specs.sampling import DREAMBOOTH_CLASS_DDIM, STOCK_CLASS, SamplerPreset
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,17 @@ class ClassImageRecipe:
         return {**self.sampling.kwargs(), "suffix": self.suffix}
 
 
-RECIPES = {
-    "reference": ClassImageRecipe(DREAMBOOTH_CLASS, ".jpg", half_on_gpu=True),
-    "ddim": ClassImageRecipe(DREAMBOOTH_CLASS_DDIM, ".png", half_on_gpu=False),
-}
+def class_recipe(name: str, family: str = "sd1") -> ClassImageRecipe:
+    """The recipe ``name`` (``--class_images``) for a base of ``family``: "reference" is that base's stock
+    pipeline (SD1.5: the reference's PNDM; ``STOCK_CLASS``), "ddim" the same everywhere."""
+    if name == "reference":
+        return ClassImageRecipe(STOCK_CLASS[family], ".jpg", half_on_gpu=True)
+    if name == "ddim":
+        return ClassImageRecipe(DREAMBOOTH_CLASS_DDIM, ".png", half_on_gpu=False)
+    raise ValueError(f"unknown class-image recipe {name!r}: choose 'reference' or 'ddim'")
+
+
+RECIPES = {name: class_recipe(name) for name in ("reference", "ddim")}  # SD1.5's
 WRITERS: dict[str, Callable] = {".jpg": write_jpg, ".png": write_png}
 METADATA = "class_images.json"
 RECIPE_KEYS = ("sampler", "steps", "guidance", "eta", "suffix")

@@ -37,7 +37,7 @@ from oft.db.checkpoints import (
     save_checkpoint,
 )
 from oft.db.checks import Inputs, check_block_sizes, check_inputs
-from oft.db.class_images import RECIPES, ensure_class_images
+from oft.db.class_images import class_recipe, ensure_class_images
 from oft.db.config import DreamBoothConfig
 from oft.db.data import NOISE_STREAM, DreamBoothSteps, StepSampler
 from oft.db.layout import ADAPTER_NAME, LOG_FILE, RUN_INFO, VALIDATION_DIR
@@ -191,7 +191,7 @@ def make_class_images(cfg: DreamBoothConfig, models: SDModels) -> tuple[list[Pat
     """(the class images of the run, how many were generated now); (None, 0) without prior preservation."""
     if not cfg.with_prior_preservation:
         return None, 0
-    recipe = RECIPES[cfg.class_images]
+    recipe = class_recipe(cfg.class_images, models.base.family)
     generated = ensure_class_images(
         models,
         cfg.class_data_dir,

@@ -1,5 +1,5 @@
 """The paper's samplers with classifier-free guidance: DDIM (control evaluation), DPM-Solver (DreamBooth) and
-PNDM (SD1.5's own scheduler, which made the reference's DreamBooth class images).
+PNDM (SD1.5's own scheduler, which made the reference's DreamBooth class images); Euler, SDXL's own.
 
 Seeds are per item: item i's initial noise (and DDIM's η-noise) comes from ``Generator().manual_seed(seeds[i])``,
 so an image depends on its own seed and prompt only, not on how the items were batched, up to floating-point
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -23,7 +23,7 @@ from oft.sd.configs import LATENT_CHANNELS, VAE_DOWNSAMPLE
 from oft.sd.models import SDModels
 from oft.specs.sampling import CONTROL_EVAL
 
-SAMPLERS = ("ddim", "dpm", "pndm")
+SAMPLERS = ("ddim", "dpm", "pndm", "euler")
 
 
 def make_scheduler(sampler: str, training_config: Any) -> SchedulerMixin:
@@ -48,6 +48,16 @@ def make_scheduler(sampler: str, training_config: Any) -> SchedulerMixin:
             set_alpha_to_one=False,
             steps_offset=1,
             timestep_spacing="leading",
+        )
+    if (
+        sampler == "euler"
+    ):  # SDXL's scheduler_config.json: Euler, leading spacing with offset 1, linear sigmas
+        return EulerDiscreteScheduler.from_config(
+            training_config,
+            steps_offset=1,
+            timestep_spacing="leading",
+            interpolation_type="linear",
+            use_karras_sigmas=False,
         )
     raise ValueError(f"unknown sampler {sampler!r}: choose one of {SAMPLERS}")
 

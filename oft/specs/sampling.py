@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class SamplerPreset:
-    """A sampler (``ddim``, ``dpm``: DPM-Solver++ multistep, or ``pndm``: SD1.5's PLMS), its steps, CFG scale
-    and DDIM eta."""
+    """A sampler (``ddim``, ``dpm``: DPM-Solver++ multistep, ``pndm``: SD1.5's PLMS, or ``euler``: SDXL's),
+    its steps, CFG scale and DDIM eta."""
 
     sampler: str
     steps: int
@@ -30,6 +30,15 @@ DREAMBOOTH_VALIDATION = SamplerPreset("dpm", 25, 7.5)
 # (train_dreambooth_oft.py at df2b263, lines 625-645), i.e. SD1.5's own scheduler (PNDM, PLMS steps only), its
 # default 50 steps and CFG 7.5
 DREAMBOOTH_CLASS = SamplerPreset("pndm", 50, 7.5)
+# The stock pipelines of the other bases, which make their class images under the same recipe name: SD2.1's
+# StableDiffusionPipeline with the DDIM scheduler its hub folder ships (v-prediction from the base's schedule),
+# SDXL's StableDiffusionXLPipeline with Euler (its default guidance 5.0); both at the pipelines' default 50 steps.
+# Taken from the hub configs as known to this project, not re-read here (no network).
+STOCK_CLASS = {
+    "sd1": DREAMBOOTH_CLASS,
+    "sd2": SamplerPreset("ddim", 50, 7.5),
+    "sdxl": SamplerPreset("euler", 50, 5.0),
+}
 # the alternative, --class_images ddim: DDIM 50, the same CFG
 DREAMBOOTH_CLASS_DDIM = SamplerPreset("ddim", DREAMBOOTH_CLASS.steps, DREAMBOOTH_CLASS.guidance)
 # the CPU demo's sampling of its 64-px tiny base
