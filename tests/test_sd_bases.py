@@ -165,3 +165,35 @@ def test_class_images_come_from_each_base_stock_sampler(tmp_path):
     assert made == 2 and sorted(p.name for p in (tmp_path / "dog").glob("*.jpg")) == ["0000.jpg", "0001.jpg"]
     with pytest.raises(ValueError, match="unknown class-image recipe"):
         class_recipe("pndm")
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("preset", ["tiny-sd2", "tiny-sdxl"])
+def test_our_sampler_equals_diffusers_pipeline_of_the_base(preset):
+    """The conditions above are the ones diffusers' own pipelines build (SD2: StableDiffusionPipeline with
+    v-prediction; SDXL: StableDiffusionXLPipeline, its pooled embedding, size numbers and zeroed empty negative
+    prompt): the same seed gives the same image (measured equal to the last bit on one machine)."""
+    from oft.db.export import to_pipeline
+
+    sd = build_sd(preset, seed=4)
+    ours = sample(
+        sd, ["a dog"], seeds=[3], height=64, width=64, sampler="dpm", steps=4, guidance=7.5, progress=False
+    )
+    pipe = to_pipeline(sd)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a dog", num_inference_steps=4, guidance_scale=7.5, height=64, width=64,
+                  generator=[torch.Generator().manual_seed(3)], output_type="pt").images  # fmt: skip
+    terms = 4 * network_terms(sd.unet) + network_terms(sd.vae.decoder)
+    torch.testing.assert_close(ours, theirs, **tol(torch.float32, terms))
+    other = sample(
+        sd, ["a dog"], seeds=[4], height=64, width=64, sampler="dpm", steps=4, guidance=7.5, progress=False
+    )
+    assert (other - ours).abs().max() > EFFECT * tol(torch.float32, terms)["atol"]
+
+
+def test_what_is_sd1_only_says_so_for_sdxl():
+    from oft.control.pipeline import OFTControlPipeline
+
+    cm = new_control_model(build_sd("tiny-sdxl"), r=4, eps=None, coft=False, block_share=False)
+    with pytest.raises(ValueError, match="sample an SDXL control model with test_oft_parallel.py"):
+        OFTControlPipeline.from_control_model(cm)

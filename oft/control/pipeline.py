@@ -104,6 +104,11 @@ class OFTControlPipeline(StableDiffusionPipeline):
     ) -> OFTControlPipeline:
         """A pipeline around the networks of ``cm`` (shared, not copied) with ``sampler``'s scheduler."""
         sd: SDModels = cm.sd
+        if sd.text_encoder_2 is not None:
+            raise ValueError(
+                "OFTControlPipeline is StableDiffusionPipeline (SD1.5, SD2.1); sample an SDXL control model with "
+                "test_oft_parallel.py or oft.control.inference.generate"
+            )
         pipe = cls(
             vae=sd.vae,
             text_encoder=sd.text_encoder,

@@ -55,16 +55,33 @@ def load_with_adapter(
 
 
 def to_pipeline(models):
-    """A diffusers ``StableDiffusionPipeline`` around ``models`` (no hub access), with the sampler the reference
-    validated with (``DREAMBOOTH_VALIDATION``: DPM-Solver++); safety checker off, as in research use."""
-    from diffusers import StableDiffusionPipeline  # diffusers' pipelines load only for an export
+    """A diffusers pipeline around ``models`` (no hub access): ``StableDiffusionPipeline``, or for SDXL
+    ``StableDiffusionXLPipeline`` (an empty negative prompt as zeros, its default; no watermark), with the
+    sampler the reference validated with (``DREAMBOOTH_VALIDATION``: DPM-Solver++); safety checker off, as in
+    research use."""
+    scheduler = make_scheduler(DREAMBOOTH_VALIDATION.sampler, models.noise_scheduler.config)
+    if models.text_encoder_2 is not None:
+        from diffusers import StableDiffusionXLPipeline  # diffusers' pipelines load only for an export
+
+        return StableDiffusionXLPipeline(
+            vae=models.vae,
+            text_encoder=models.text_encoder,
+            text_encoder_2=models.text_encoder_2,
+            tokenizer=models.tokenizer,
+            tokenizer_2=models.tokenizer_2,
+            unet=models.unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
+        )
+    from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
         vae=models.vae,
         text_encoder=models.text_encoder,
         tokenizer=models.tokenizer,
         unet=models.unet,
-        scheduler=make_scheduler(DREAMBOOTH_VALIDATION.sampler, models.noise_scheduler.config),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -89,6 +106,11 @@ def export(
     if fmt == "peft":
         return atomic_folder(output, lambda tmp: oft_layers.save_peft(models.unet, tmp, provenance))
     if fmt == "webui":
+        if models.base.family != "sd1":
+            raise ValueError(
+                f"the web-UI file names SD1.x's layers; this adapter is on {models.preset}: export it with "
+                "--format peft or as a merged single file"
+            )
         return save_webui(models.unet, output, dtype, provenance)
     return oft_layers.save_adapter(
         models.unet, output, {**provenance, "source": meta.get("source", "adapter")}
