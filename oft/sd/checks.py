@@ -1,5 +1,6 @@
-"""The strict checks of a single-file checkpoint before its weights are used: its keys and their shapes against
-the architecture, its EMA copy, and the architecture it records. Pure: they read dicts and strings, not files.
+"""The strict checks of weights before they are used: which base they are (``recognise_family``,
+``resolve_preset``), a single file's keys and their shapes against the architecture, its EMA copy, and the
+architecture it records. Pure: they read dicts and strings, not files.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import json
 
 from torch import Tensor
 
-from oft.sd.configs import preset_config
+from oft.sd.configs import BASES, PRESETS, preset_config
 from oft.sd.keymaps import UNET_PREFIX, ema_key, is_ignored
 
 ARCHITECTURE_KEY = (
@@ -22,19 +23,81 @@ def _summary(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_ldm_keys(checkpoint: dict[str, Tensor], expected: dict[str, Tensor], source: str) -> None:
+FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+BASE_NAMES = {"sd15": "SD1.5", "sd21": "SD2.1", "sdxl": "SDXL"}
+_FIXES = {  # the last sentence of a key-check refusal, per family
+    "sd1": "Use the SD1.5 file from scripts/download_model.sh or a diffusers folder.",
+    "sd2": "Use an original SD2.1 file (v2-1_768-ema-pruned) or a diffusers folder.",
+    "sdxl": "Use an original SDXL base file (sd_xl_base_1.0) or a diffusers folder.",
+}
+
+
+def base_name(preset: str) -> str:
+    """How messages name a preset: "SD2.1" for a real base, "tiny-sd2 (SD2 family)" for a test preset."""
+    return BASE_NAMES.get(preset) or f"{preset} ({FAMILY_NAMES[BASES[preset].family]} family)"
+
+
+def recognise_family(keys: set[str] | dict[str, Tensor]) -> str | None:
+    """The family of an original single file from its keys: SDXL (``conditioner.embedders.*``, the UNet's
+    ``label_emb``), SD2 (OpenCLIP text encoder ``cond_stage_model.model.*``), SD1 (CLIP's
+    ``cond_stage_model.transformer.*``); None without any of them."""
+    if any(k.startswith(("conditioner.embedders.", UNET_PREFIX + "label_emb.")) for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd1"
+    return None
+
+
+def resolve_preset(family: str | None, width: int | None, preset: str | None, source: str, kind: str) -> str:
+    """The preset to build for weights of ``family`` whose UNet starts ``width`` channels wide.
+
+    ``preset`` None: the family's preset of that width, else its real base (SD1.5 when the family is unknown:
+    the key check then names what is missing). A given ``preset`` of another base is a one-line
+    ``ValueError`` naming what ``source`` (a ``kind``: "checkpoint", "diffusers folder") is.
+    """
+    family = family or (BASES[preset].family if preset else "sd1")
+    found = next(
+        (
+            p
+            for p in PRESETS
+            if BASES[p].family == family and PRESETS[p]["unet"]["block_out_channels"][0] == width
+        ),
+        None,
+    )
+    if preset is None:
+        return found or next(p for p in BASE_NAMES if BASES[p].family == family)
+    if BASES[preset].family != family or found not in (None, preset):
+        what = base_name(found) if found else FAMILY_NAMES[family]
+        article = "an" if what.startswith("S") else "a"
+        hint = f"load it with preset={found!r}" if found else f"load it with a preset of the {what} family"
+        raise ValueError(f"{source} is {article} {what} {kind}, not {base_name(preset)}: {hint}")
+    return preset
+
+
+def check_ldm_keys(
+    checkpoint: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    source: str,
+    optional: dict[str, Tensor] | None = None,
+    family: str = "sd1",
+) -> None:
     """Raise ``ValueError`` naming missing, unexpected and mis-shaped keys of ``checkpoint`` against ``expected``.
 
-    ``expected`` maps LDM key -> tensor of the right shape (a weight-free model's converted state dict suffices).
+    ``expected`` maps LDM key -> tensor of the right shape (a weight-free model's converted state dict suffices);
+    ``optional`` keys (``oft.sd.keymaps.unused_ldm_keys``) may be absent, but if present must have their shape.
+    ``family`` chooses the advice that ends the message.
     """
     present = {k for k in checkpoint if not is_ignored(k)}
     expected = {k: v for k, v in expected.items() if not is_ignored(k)}
+    known = {**(optional or {}), **expected}
     missing = sorted(set(expected) - present)
-    unexpected = sorted(present - set(expected))
+    unexpected = sorted(present - set(known))
     shapes = sorted(
-        f"{k} {tuple(checkpoint[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in present & set(expected)
-        if checkpoint[k].shape != expected[k].shape
+        f"{k} {tuple(checkpoint[k].shape)} (expected {tuple(known[k].shape)})"
+        for k in present & set(known)
+        if checkpoint[k].shape != known[k].shape
     )
     problems = [
         f"{len(missing)} missing key(s): {_summary(missing)}" if missing else "",
@@ -45,7 +108,7 @@ def check_ldm_keys(checkpoint: dict[str, Tensor], expected: dict[str, Tensor], s
         raise ValueError(
             f"{source} is not a Stable Diffusion checkpoint of this architecture: "
             + "; ".join(p for p in problems if p)
-            + ". Use the SD1.5 file from scripts/download_model.sh or a diffusers folder."
+            + f". {_FIXES[family]}"
         )
 
 
@@ -88,7 +151,7 @@ def check_architecture(recorded: str | None, preset: str, source: str) -> None:
         raise ValueError(f"{source} was written for the {recorded.get('preset')!r} preset, not {preset!r}")
     changed = [
         f"{part}.{key} {recorded[part].get(key)!r} (now {value!r})"
-        for part in ("unet", "vae", "text_encoder")
+        for part in preset_config(preset)
         for key, value in current[part].items()
         if recorded.get(part, {}).get(key) != value
     ]

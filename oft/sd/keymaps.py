@@ -1,19 +1,26 @@
 """Original LDM single-file key names <-> diffusers/transformers key names: pure mappings of state dicts.
 
-No file I/O and no model building: every function renames (and, for the VAE's attention, reshapes) the
-tensors it is given. LDM -> diffusers uses diffusers' own single-file helpers (``convert_ldm_unet_checkpoint``,
-``convert_ldm_vae_checkpoint``) with the configs from ``oft.sd.configs``, so no config file is fetched. Those
-helpers skip keys they do not know and fill absent ones with ``None``: check the keys first
-(``oft.sd.checks.check_ldm_keys``).
+No file I/O and no model building: every function renames (and, for the VAE's attention and OpenCLIP's stacked
+q/k/v, reshapes) the tensors it is given. LDM -> diffusers uses diffusers' own single-file helpers
+(``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_open_clip_checkpoint``; diffusers
+0.42) with the configs from ``oft.sd.configs``, so no config file is fetched. Those helpers skip keys they do
+not know and fill absent ones with ``None``: check the keys first (``oft.sd.checks.check_ldm_keys``).
 
 diffusers -> LDM is written here: exporting a merged model as one file that any SD tool opens, and writing
-the tiny LDM-layout checkpoint that tests the loader without real weights.
+the tiny LDM-layout checkpoints that test the loader without real weights.
+
+The text encoders' layouts per family (``TEXT_LAYOUTS``): SD1 ``cond_stage_model.transformer.text_model.*``
+(transformers' CLIP names); SD2 ``cond_stage_model.model.*`` (OpenCLIP ViT-H: ``transformer.resblocks.N``
+with q/k/v stacked in ``attn.in_proj_*``, ``ln_final``, ``text_projection``, ``logit_scale``); SDXL
+``conditioner.embedders.0.transformer.text_model.*`` (CLIP ViT-L, transformers' names) and
+``conditioner.embedders.1.model.*`` (OpenCLIP bigG, with the ``text_projection`` SDXL pools with).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,8 +28,9 @@ from diffusers.loaders.single_file_utils import (
     DIFFUSERS_TO_LDM_MAPPING,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
 )
-from torch import Tensor
+from torch import Tensor, nn
 
 from oft.sd.configs import MAX_LENGTH
 
@@ -31,10 +39,34 @@ VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 EMA_PREFIX = "model_ema."
 # Present in the original files, not weights of any network we build: the LDM schedule buffers (no dot: "betas",
-# "alphas_cumprod", ...), the EMA copy (used only with ``ema=True``) and CLIP's constant position ids.
+# "alphas_cumprod", ...), sgm's (SDXL's) ``denoiser.sigmas``, the EMA copy (used only with ``ema=True``) and
+# CLIP ViT-L's constant position ids (SD1, SDXL).
 _IGNORED = re.compile(
-    r"[^.]+|model_ema\..*|cond_stage_model\.transformer\.text_model\.embeddings\.position_ids"
+    r"[^.]+|denoiser\.sigmas|model_ema\..*"
+    r"|(cond_stage_model|conditioner\.embedders\.0)\.transformer\.text_model\.embeddings\.position_ids"
 )
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """Where and how an original single file keeps one text encoder's weights."""
+
+    prefix: str
+    open_clip: bool  # OpenCLIP's names (q/k/v stacked), else transformers' CLIP names
+    drops_last_block: bool = False  # the file has one resblock more than diffusers' conversion keeps (SD2)
+
+
+# The text-encoder parts (``SDModels`` attribute names) of each family's original single file.
+TEXT_LAYOUTS: dict[str, dict[str, TextLayout]] = {
+    "sd1": {"text_encoder": TextLayout(TEXT_PREFIX, open_clip=False)},
+    "sd2": {"text_encoder": TextLayout("cond_stage_model.model.", open_clip=True, drops_last_block=True)},
+    "sdxl": {
+        "text_encoder": TextLayout("conditioner.embedders.0.transformer.text_model.", open_clip=False),
+        "text_encoder_2": TextLayout("conditioner.embedders.1.model.", open_clip=True),
+    },
+}
+_OPEN_CLIP = DIFFUSERS_TO_LDM_MAPPING["openclip"]  # diffusers' OpenCLIP names, used in both directions
+_QKV = re.compile(r"(transformer\.resblocks\.\d+\.attn)\.([qkv])_proj\.(weight|bias)")
 
 _UNET_RESNET = [  # (diffusers, LDM) names inside a ResBlock
     ("norm1", "in_layers.0"),
@@ -57,6 +89,11 @@ def ema_key(key: str) -> str:
     return EMA_PREFIX + key[len("model.") :].replace(".", "")
 
 
+def _module_prefixes(table: dict[str, str]) -> list[tuple[str, str]]:
+    """A diffusers (diffusers key -> LDM key) table of weights and biases as (diffusers, LDM) module prefixes."""
+    return sorted({(k.rsplit(".", 1)[0] + ".", v.rsplit(".", 1)[0] + ".") for k, v in table.items()})
+
+
 def _unet_prefix_map(config: dict[str, Any]) -> list[tuple[str, str]]:
     """(diffusers prefix, LDM prefix) of every UNet sub-module, for any depth and ``layers_per_block`` L.
 
@@ -65,8 +102,11 @@ def _unet_prefix_map(config: dict[str, Any]) -> list[tuple[str, str]]:
     holds up level i's j-th ResBlock/transformer and, after the last one, the upsampler (``.1`` or ``.2``).
     """
     n, L = len(config["block_out_channels"]), config["layers_per_block"]
-    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2.")]
-    pairs += [("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2.")]
+    # time embedding, conv_in/out, norm_out and SDXL's added embedding (``label_emb``): diffusers' own tables
+    tables = ["layers"] + (
+        ["addition_embed_type"] if config.get("addition_embed_type") == "text_time" else []
+    )
+    pairs = _module_prefixes({k: v for t in tables for k, v in DIFFUSERS_TO_LDM_MAPPING["unet"][t].items()})
     for i in range(n):
         down_attn = config["down_block_types"][i].startswith("CrossAttn")
         up_attn = config["up_block_types"][i].startswith("CrossAttn")
@@ -92,13 +132,7 @@ def _unet_prefix_map(config: dict[str, Any]) -> list[tuple[str, str]]:
 def _vae_prefix_map(config: dict[str, Any]) -> list[tuple[str, str]]:
     """(diffusers prefix, LDM prefix) of every VAE sub-module; LDM's decoder counts levels bottom-up."""
     n, L = len(config["block_out_channels"]), config["layers_per_block"]
-    # conv_in/out, norm_out, quant convs: diffusers' own table, weight/bias names cut to module prefixes
-    pairs = sorted(
-        {
-            (k.rsplit(".", 1)[0] + ".", v.rsplit(".", 1)[0] + ".")
-            for k, v in DIFFUSERS_TO_LDM_MAPPING["vae"].items()
-        }
-    )
+    pairs = _module_prefixes(DIFFUSERS_TO_LDM_MAPPING["vae"])  # conv_in/out, norm_out, quant convs
     for i in range(n):
         pairs += [(f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.") for j in range(L)]
         pairs += [
@@ -169,28 +203,96 @@ def vae_to_ldm(state_dict: dict[str, Tensor], config: dict[str, Any]) -> dict[st
     return _to_ldm(state_dict, _vae_prefix_map(config), VAE_PREFIX, _vae_fix)
 
 
-def text_to_ldm(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """CLIPTextModel weights -> ``cond_stage_model.transformer.text_model.*`` (+ the constant position ids)."""
-    out = {TEXT_PREFIX + _strip_text_model(k): v for k, v in state_dict.items()}
-    device = next(iter(state_dict.values())).device
-    out[TEXT_PREFIX + "embeddings.position_ids"] = torch.arange(MAX_LENGTH, device=device)[None]
-    return out
-
-
 def _strip_text_model(key: str) -> str:
     # transformers 5's CLIPTextModel has no ``text_model.`` level; files written by older versions have it
     return key[len("text_model.") :] if key.startswith("text_model.") else key
 
 
-def strip_text_model_prefix(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Text-encoder weights as this transformers version names them (see ``_strip_text_model``)."""
-    return {_strip_text_model(k): v for k, v in state_dict.items()}
+def text_names_for(net: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Text-encoder weights named as ``net`` (a CLIPTextModel or CLIPTextModelWithProjection of this transformers
+    version) names them: with or without the ``text_model.`` level, without the constant position ids."""
+    if not hasattr(net, "text_model"):  # CLIPTextModel since transformers 5; WithProjection keeps the level
+        state_dict = {_strip_text_model(k): v for k, v in state_dict.items()}
+    return {k: v for k, v in state_dict.items() if not k.endswith("embeddings.position_ids")}
 
 
-def from_ldm_state_dict(
+def _open_clip_to_ldm(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """CLIPTextModel(WithProjection) weights -> OpenCLIP's names: the inverse of ``convert_open_clip_checkpoint``.
+
+    diffusers' tables are read backwards; q, k, v (each (w, w)) are stacked into ``in_proj_weight`` (3w, w) in
+    that order, as the converter splits them; ``text_projection.weight`` (d, w) becomes ``text_projection`` (w, d).
+    """
+    out, qkv = {}, {}
+    for key, value in state_dict.items():
+        name = key if key == "text_projection.weight" else "text_model." + _strip_text_model(key)
+        if name in _OPEN_CLIP["layers"]:
+            ldm = _OPEN_CLIP["layers"][name]
+            out[prefix + ldm] = value.T if ldm == "text_projection" else value
+            continue
+        for new, old in _OPEN_CLIP["transformer"].items():
+            name = name.replace(new, old)
+        if not name.startswith("resblocks."):
+            raise KeyError(f"no OpenCLIP name for text-encoder key {key!r}")
+        name = "transformer." + name
+        match = _QKV.fullmatch(name)
+        if match is None:
+            out[prefix + name] = value
+        else:
+            attn, which, kind = match.groups()
+            qkv.setdefault(f"{prefix}{attn}.in_proj_{kind}", {})[which] = value
+    out.update({key: torch.cat([parts[c] for c in "qkv"]) for key, parts in qkv.items()})
+    return out
+
+
+def text_to_ldm(state_dict: dict[str, Tensor], layout: TextLayout) -> dict[str, Tensor]:
+    """Text-encoder weights -> the original file's names under ``layout.prefix``: OpenCLIP's, or transformers'
+    CLIP names with the constant position ids that the original CLIP files hold."""
+    if layout.open_clip:
+        return _open_clip_to_ldm(state_dict, layout.prefix)
+    out = {layout.prefix + _strip_text_model(k): v for k, v in state_dict.items()}
+    device = next(iter(state_dict.values())).device
+    out[layout.prefix + "embeddings.position_ids"] = torch.arange(MAX_LENGTH, device=device)[None]
+    return out
+
+
+def unused_ldm_keys(expected: dict[str, Tensor], family: str) -> dict[str, Tensor]:
+    """The keys an original single file of ``family`` may hold that no network we build has, with their shapes
+    (meta tensors); ``expected`` is the family's own export (``to_ldm_state_dict`` of a weight-free build).
+
+    OpenCLIP's ``logit_scale`` (a scalar of its contrastive loss); for SD2 also ``text_projection`` (w, w: ViT-H's
+    embedding width equals its text width, 1024) and the last of the 24 resblocks: SD2 conditions on the
+    penultimate layer, so diffusers' conversion keeps 23 and a CLIPTextModel without a projection. Their shapes
+    are checked, then they are dropped; exports do not write them.
+    """
+    out = {}
+    for layout in TEXT_LAYOUTS[family].values():
+        if not layout.open_clip:
+            continue
+        p = layout.prefix
+        out[p + "logit_scale"] = torch.empty((), device="meta")
+        if p + "text_projection" not in expected:
+            width = expected[p + "positional_embedding"].shape[1]
+            out[p + "text_projection"] = torch.empty(width, width, device="meta")
+        if layout.drops_last_block:
+            block = re.compile(re.escape(p) + r"transformer\.resblocks\.(\d+)\.(.*)")
+            found = [m for m in map(block.fullmatch, expected) if m is not None]
+            last = max(int(m[1]) for m in found)
+            out.update(
+                {
+                    f"{p}transformer.resblocks.{last + 1}.{m[2]}": torch.empty_like(
+                        expected[m[0]], device="meta"
+                    )
+                    for m in found
+                    if int(m[1]) == last
+                }
+            )
+    return out
+
+
+def unet_vae_from_ldm(
     checkpoint: dict[str, Tensor], unet_config: dict[str, Any], vae_config: dict[str, Any]
-) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-    """LDM single-file weights -> (UNet, VAE, CLIPTextModel) state dicts, via diffusers' converters.
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """LDM single-file weights -> (UNet, VAE) state dicts, via diffusers' converters.
 
     Call ``oft.sd.checks.check_ldm_keys`` first: the converters silently skip unknown keys.
     """
@@ -198,10 +300,16 @@ def from_ldm_state_dict(
     unet_part = {k: v for k, v in checkpoint.items() if k.startswith(UNET_PREFIX)}
     unet = convert_ldm_unet_checkpoint(unet_part, dict(unet_config))
     vae_part = {k: v for k, v in checkpoint.items() if k.startswith(VAE_PREFIX)}
-    vae = convert_ldm_vae_checkpoint(vae_part, dict(vae_config))
-    text = {
-        k[len(TEXT_PREFIX) :]: v
-        for k, v in checkpoint.items()
-        if k.startswith(TEXT_PREFIX) and not is_ignored(k)
-    }
-    return unet, vae, text
+    return unet, convert_ldm_vae_checkpoint(vae_part, dict(vae_config))
+
+
+def text_from_ldm(checkpoint: dict[str, Tensor], layout: TextLayout, net: nn.Module) -> dict[str, Tensor]:
+    """LDM single-file weights -> the state dict of text encoder ``net`` kept under ``layout``.
+
+    OpenCLIP weights go through diffusers' ``convert_open_clip_checkpoint`` (which reads only ``net.config``);
+    drop ``unused_ldm_keys`` first, and check the keys (``oft.sd.checks.check_ldm_keys``).
+    """
+    own = {k: v for k, v in checkpoint.items() if k.startswith(layout.prefix) and not is_ignored(k)}
+    if layout.open_clip:
+        return text_names_for(net, convert_open_clip_checkpoint(net, own, prefix=layout.prefix))
+    return text_names_for(net, {k[len(layout.prefix) :]: v for k, v in own.items()})

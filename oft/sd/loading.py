@@ -1,8 +1,10 @@
 """Loading and saving the SD weights: ``load_sd`` reads a single-file checkpoint (LDM keys) or a diffusers folder
-into ``SDModels``, strictly and offline; ``save_single_file`` writes ``SDModels`` as one LDM-layout file.
+of any base (SD1.5, SD2.1, SDXL and their tiny presets) into ``SDModels``, strictly and offline;
+``save_single_file`` writes ``SDModels`` as one file in its family's original layout.
 
 A single file's keys are compared with the exact key set of the architecture (the key map of a weight-free
-build) before diffusers' converters see them, so any missing, unexpected or mis-shaped key is refused by name.
+build, plus the keys of the original files that no network we build holds: ``unused_ldm_keys``) before
+diffusers' converters see them, so any missing, unexpected or mis-shaped key is refused by name.
 """
 
 from __future__ import annotations
@@ -11,32 +13,58 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from torch import Tensor
-from transformers import CLIPTextConfig, CLIPTextModel
+from torch import Tensor, nn
 
-from oft.sd.checks import ARCHITECTURE_KEY, architecture_record, check_architecture, check_ldm_keys, take_ema
-from oft.sd.configs import PRESETS, preset_config
+from oft.sd.checks import (
+    ARCHITECTURE_KEY,
+    architecture_record,
+    check_architecture,
+    check_ldm_keys,
+    recognise_family,
+    resolve_preset,
+    take_ema,
+)
+from oft.sd.configs import base_of, preset_config
 from oft.sd.identity import identity_of, legacy_identity_of
 from oft.sd.keymaps import (
+    TEXT_LAYOUTS,
     UNET_PREFIX,
-    from_ldm_state_dict,
-    strip_text_model_prefix,
+    text_from_ldm,
+    text_names_for,
     text_to_ldm,
     unet_to_ldm,
+    unet_vae_from_ldm,
+    unused_ldm_keys,
     vae_to_ldm,
 )
-from oft.sd.models import SDModels, assemble, build_sd
+from oft.sd.models import SDModels, assemble, build_networks, build_sd
 from oft.sd.weightfiles import WEIGHT_NAMES, part_weights, read_metadata, read_single_file, write_single_file
+
+_PART_NAMES = {
+    "unet": "UNet",
+    "vae": "VAE",
+    "text_encoder": "text encoder",
+    "text_encoder_2": "text encoder 2",
+}
 
 
 def to_ldm_state_dict(models: SDModels) -> dict[str, Tensor]:
-    """The original single-file (LDM) state dict of ``models``: what ``v1-5-pruned.ckpt`` holds, without EMA."""
-    return {
+    """The original single-file (LDM) state dict of ``models`` in its family's layout (``v1-5-pruned.ckpt``,
+    ``v2-1_768-ema-pruned``, ``sd_xl_base_1.0``), without EMA and without ``unused_ldm_keys``."""
+    out = {
         **unet_to_ldm(models.unet.state_dict(), models.unet.config),
         **vae_to_ldm(models.vae.state_dict(), models.vae.config),
-        **text_to_ldm(models.text_encoder.state_dict()),
     }
+    for part, layout in TEXT_LAYOUTS[models.base.family].items():
+        out.update(text_to_ldm(getattr(models, part).state_dict(), layout))
+    return out
+
+
+def expected_ldm_keys(preset: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The LDM keys of ``preset`` with tensors of their shapes (weight-free): those a file must hold, and those
+    an original file may hold besides (``unused_ldm_keys``)."""
+    expected = to_ldm_state_dict(build_sd(preset, device="meta"))
+    return expected, unused_ldm_keys(expected, base_of(preset).family)
 
 
 def save_single_file(models: SDModels, path: str | os.PathLike) -> Path:
@@ -58,12 +86,11 @@ def missing_checkpoint_message(path: str | os.PathLike) -> str:
     )
 
 
-def _adopt(
-    net: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, assign: bool
-) -> torch.nn.Module:
-    """Load ``state_dict`` into ``net`` strictly, as one line naming missing, unexpected or mis-shaped keys."""
+def _adopt(net: nn.Module, state_dict: dict[str, Tensor], what: str) -> nn.Module:
+    """Load ``state_dict`` into ``net`` strictly, as one line naming missing, unexpected or mis-shaped keys; a
+    weight-free (meta) ``net`` takes the tensors themselves."""
     try:
-        result = net.load_state_dict(state_dict, strict=False, assign=assign)
+        result = net.load_state_dict(state_dict, strict=False, assign=next(net.parameters()).is_meta)
     except RuntimeError as err:  # size mismatches: torch lists them on several lines
         details = "; ".join(line.strip() for line in str(err).splitlines()[1:4])
         raise ValueError(f"{what} does not fit the SD architecture: {details}") from None
@@ -75,57 +102,70 @@ def _adopt(
     return net
 
 
-def _networks_from_state_dicts(
-    preset: str, unet_sd: dict, vae_sd: dict, text_sd: dict, source: str
-) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    """Networks of ``preset`` holding the given weights; the big ones are built weight-free and adopt the tensors."""
-    cfg = preset_config(preset)
+def _empty_networks(preset: str) -> dict[str, nn.Module]:
+    """The networks of ``preset`` to fill: UNet and VAE weight-free; the text encoders built for real, because
+    CLIP keeps a non-persistent position-id buffer that a weight-free build would leave empty."""
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**cfg["unet"])
-        vae = AutoencoderKL(**cfg["vae"])
-    unet = _adopt(unet, unet_sd, f"{source} (UNet)", assign=True)
-    vae = _adopt(vae, vae_sd, f"{source} (VAE)", assign=True)
-    # CLIP keeps a non-persistent position-id buffer that a weight-free build would leave empty: build it for real.
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    text_encoder = _adopt(text_encoder, text_sd, f"{source} (text encoder)", assign=False)
-    return unet, vae, text_encoder
+        nets = build_networks(preset)
+    return {
+        part: type(net)(net.config) if part.startswith("text_encoder") else net for part, net in nets.items()
+    }
 
 
-def _recognise_preset(conv_in_weight: torch.Tensor | None) -> str:
-    """The preset whose UNet ``conv_in`` has this weight's width; "sd15" when unknown (errors then name keys)."""
-    width = None if conv_in_weight is None else conv_in_weight.shape[0]
-    return next((p for p in PRESETS if PRESETS[p]["unet"]["block_out_channels"][0] == width), "sd15")
+def _filled(nets: dict[str, nn.Module], state_dicts: dict[str, dict[str, Tensor]], source: str):
+    """``nets`` holding ``state_dicts`` (by part), each adopted strictly (``_adopt``)."""
+    return {
+        part: _adopt(net, state_dicts[part], f"{source} ({_PART_NAMES[part]})") for part, net in nets.items()
+    }
 
 
-def _single_file_networks(path: Path, preset: str | None, ema: bool):
+def _width(weight: Tensor | None) -> int | None:
+    return None if weight is None else weight.shape[0]
+
+
+def _single_file_networks(path: Path, preset: str | None, ema: bool) -> tuple[str, dict[str, nn.Module]]:
     checkpoint = read_single_file(path)
     if ema:
         checkpoint = take_ema(checkpoint, str(path))
-    preset = preset or _recognise_preset(checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight"))
-    # the exact key set and shapes of the architecture: the key map of a weight-free build
-    expected = to_ldm_state_dict(build_sd(preset, device="meta"))
-    check_ldm_keys(checkpoint, expected, str(path))
+    width = _width(checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight"))
+    preset = resolve_preset(recognise_family(checkpoint), width, preset, str(path), "checkpoint")
+    family = base_of(preset).family
+    expected, unused = expected_ldm_keys(preset)
+    check_ldm_keys(checkpoint, expected, str(path), optional=unused, family=family)
     check_architecture(read_metadata(path).get(ARCHITECTURE_KEY), preset, str(path))
+    checkpoint = {k: v for k, v in checkpoint.items() if k not in unused}
     cfg = preset_config(preset)
-    unet_sd, vae_sd, text_sd = from_ldm_state_dict(checkpoint, cfg["unet"], cfg["vae"])
-    return preset, _networks_from_state_dicts(preset, unet_sd, vae_sd, text_sd, str(path))
+    nets = _empty_networks(preset)
+    state_dicts = dict(zip(("unet", "vae"), unet_vae_from_ldm(checkpoint, cfg["unet"], cfg["vae"])))
+    for part, layout in TEXT_LAYOUTS[family].items():
+        state_dicts[part] = text_from_ldm(checkpoint, layout, nets[part])
+    return preset, _filled(nets, state_dicts, str(path))
 
 
-def _folder_networks(path: Path, preset: str | None):
-    parts = {}
-    for part, names in WEIGHT_NAMES.items():
+def _folder_family(unet: dict[str, Tensor]) -> str:
+    """The family of a diffusers UNet's weights: SDXL has the added embedding, SD2 linear ``proj_in``s."""
+    if "add_embedding.linear_1.weight" in unet:
+        return "sdxl"
+    proj_in = unet.get("mid_block.attentions.0.proj_in.weight")
+    return "sd2" if proj_in is not None and proj_in.ndim == 2 else "sd1"
+
+
+def _folder_networks(path: Path, preset: str | None) -> tuple[str, dict[str, nn.Module]]:
+    def read(part: str) -> dict[str, Tensor]:
         found = part_weights(path, part)
         if found is None:
-            raise FileNotFoundError(
-                f"diffusers folder {path} has no {part}/ weights (looked for {', '.join(names)})"
-            )
-        parts[part] = read_single_file(found)
-    parts["text_encoder"] = strip_text_model_prefix(parts["text_encoder"])
-    parts["text_encoder"].pop("embeddings.position_ids", None)
-    preset = preset or _recognise_preset(parts["unet"].get("conv_in.weight"))
-    return preset, _networks_from_state_dicts(
-        preset, parts["unet"], parts["vae"], parts["text_encoder"], str(path)
-    )
+            names = ", ".join(WEIGHT_NAMES[part])
+            raise FileNotFoundError(f"diffusers folder {path} has no {part}/ weights (looked for {names})")
+        return read_single_file(found)
+
+    parts = {part: read(part) for part in ("unet", "vae", "text_encoder")}
+    width = _width(parts["unet"].get("conv_in.weight"))
+    preset = resolve_preset(_folder_family(parts["unet"]), width, preset, str(path), "diffusers folder")
+    nets = _empty_networks(preset)
+    parts.update({part: read(part) for part in nets if part not in parts})
+    for part in TEXT_LAYOUTS[base_of(preset).family]:
+        parts[part] = text_names_for(nets[part], parts[part])
+    return preset, _filled(nets, parts, str(path))
 
 
 def load_sd(
@@ -137,11 +177,12 @@ def load_sd(
 ) -> SDModels:
     """Load SD from a single-file checkpoint (``.ckpt``/``.safetensors``, LDM keys) or a diffusers folder, offline.
 
-    The architecture comes from the in-code configs (``preset`` "sd15" or "tiny", recognised from the weights when
-    None); every weight must be present and nothing else (a missing or unexpected key is an error that names it).
-    ``ema=True`` takes the UNet's EMA weights from a file that has both (the reference trained from the non-EMA
-    ones, the default). Returns trainable (not yet frozen) networks in ``dtype`` on the CPU: call ``.freeze()``,
-    ``.to(device)``.
+    The architecture comes from the in-code configs (``preset``: a name of ``oft.sd.configs.PRESETS``,
+    recognised from the weights when None; weights of another base than a given ``preset`` are refused in one
+    line naming what they are); every weight must be present and nothing else (a missing or unexpected key is
+    an error that names it). ``ema=True`` takes the UNet's EMA weights from a file that has both (the reference
+    trained from the non-EMA ones, the default). Returns trainable (not yet frozen) networks in ``dtype`` on the
+    CPU: call ``.freeze()``, ``.to(device)``.
     """
     path = Path(path)
     if not path.exists():
@@ -151,11 +192,9 @@ def load_sd(
             raise ValueError(
                 f"ema=True needs a single-file checkpoint with EMA weights; {path} is a diffusers folder"
             )
-        preset, (unet, vae, text_encoder) = _folder_networks(path, preset)
+        preset, nets = _folder_networks(path, preset)
     else:
-        preset, (unet, vae, text_encoder) = _single_file_networks(path, preset, ema)
-    models = assemble(
-        preset, {"unet": unet, "vae": vae, "text_encoder": text_encoder}, identity=identity_of(path)
-    )
+        preset, nets = _single_file_networks(path, preset, ema)
+    models = assemble(preset, nets, identity=identity_of(path))
     models.legacy_identity = legacy_identity_of(path)
     return models.to(dtype=dtype)

@@ -26,16 +26,18 @@ _DIFFUSERS_WEIGHTS = [
     "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.fp16.bin",
 ]
-# Weight file names of a diffusers folder, in order of preference.
+_TRANSFORMERS_WEIGHTS = [
+    "model.safetensors",
+    "model.fp16.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.fp16.bin",
+]
+# Weight file names of a diffusers folder's parts, in order of preference (``text_encoder_2``: SDXL only).
 WEIGHT_NAMES = {
     "unet": _DIFFUSERS_WEIGHTS,
     "vae": _DIFFUSERS_WEIGHTS,
-    "text_encoder": [
-        "model.safetensors",
-        "model.fp16.safetensors",
-        "pytorch_model.bin",
-        "pytorch_model.fp16.bin",
-    ],
+    "text_encoder": _TRANSFORMERS_WEIGHTS,
+    "text_encoder_2": _TRANSFORMERS_WEIGHTS,
 }
 
 
