@@ -15,7 +15,9 @@ from oft.common.files import create_output_folder
 from oft.db.checkpoints import find_checkpoint, read_state
 from oft.db.config import DreamBoothConfig
 from oft.db.data import instance_images
+from oft.sd.checks import base_name
 from oft.sd.configs import preset_config
+from oft.sd.loading import peek_preset
 from oft.sd.targets import match_targets, target_set
 
 
@@ -56,22 +58,25 @@ def check_block_sizes(unet: torch.nn.Module, options: dict, targets: str, model:
             ) from None
 
 
-def sd15_unet_without_weights() -> torch.nn.Module:
-    """SD1.5's UNet on the meta device: every layer's shape from the architecture config, no weights, ~0.1 s."""
+def unet_without_weights(preset: str) -> torch.nn.Module:
+    """The UNet of ``preset`` on the meta device: every layer's shape from the architecture config, no weights."""
     with torch.device("meta"):
-        return UNet2DConditionModel(**preset_config("sd15")["unet"])
+        return UNet2DConditionModel(**preset_config(preset)["unet"])
 
 
 def check_inputs(cfg: DreamBoothConfig, out: Path) -> Inputs:
     """Every input of a run checked before any model loads or class image is made (``cfg`` validated already):
-    the output folders can be made, every photo decodes, r fits SD1.5's layers, the checkpoint reads safely."""
+    the output folders can be made, every photo decodes, r fits the base's layers, the checkpoint reads safely."""
     create_output_folder(out, f"--output_dir {out}")  # or one WriteError line (run_main prints it)
     if cfg.with_prior_preservation:
         create_output_folder(cfg.class_data_dir, f"--class_data_dir {cfg.class_data_dir}")
     instance_paths = instance_images(cfg.instance_data_dir)  # present, and every photo decodes
-    # r against SD1.5's layer widths from its config (no weights); the tiny test preset's widths (32, 64) allow
-    # fewer r, which the trainer checks on the loaded model, still before any class image is made
-    check_block_sizes(sd15_unet_without_weights(), cfg.oft_options(), cfg.targets, "SD1.5")
+    # r against the base's layer widths from its config (no weights), the base read from the file's header
+    # (SD1.5 where that needs loading: a .ckpt); the trainer checks again on the loaded model, still before any
+    # class image is made
+    preset = peek_preset(cfg.pretrained_model) if Path(cfg.pretrained_model).exists() else None
+    preset = preset or "sd15"
+    check_block_sizes(unet_without_weights(preset), cfg.oft_options(), cfg.targets, base_name(preset))
     checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
     state = read_state(checkpoint) if checkpoint is not None else None  # tensors and plain values only
     return Inputs(instance_paths, checkpoint, state)

@@ -38,7 +38,14 @@ from oft.sd.keymaps import (
     vae_to_ldm,
 )
 from oft.sd.models import SDModels, assemble, build_networks, build_sd
-from oft.sd.weightfiles import WEIGHT_NAMES, part_weights, read_metadata, read_single_file, write_single_file
+from oft.sd.weightfiles import (
+    WEIGHT_NAMES,
+    part_weights,
+    read_metadata,
+    read_shapes,
+    read_single_file,
+    write_single_file,
+)
 
 _PART_NAMES = {
     "unet": "UNet",
@@ -166,6 +173,24 @@ def _folder_networks(path: Path, preset: str | None) -> tuple[str, dict[str, nn.
     for part in TEXT_LAYOUTS[base_of(preset).family]:
         parts[part] = text_names_for(nets[part], parts[part])
     return preset, _filled(nets, parts, str(path))
+
+
+def peek_preset(path: str | os.PathLike) -> str | None:
+    """The preset of an SD file or diffusers folder from its safetensors headers alone (seconds faster than
+    loading); None where the names cannot be read without loading (a ``.ckpt``, ``.bin`` weights)."""
+    path = Path(path)
+    if path.is_dir():
+        unet = part_weights(path, "unet")
+        shapes = None if unet is None else read_shapes(unet)
+        if shapes is None:
+            return None
+        family = _folder_family({k: torch.empty(v, device="meta") for k, v in shapes.items()})
+        return resolve_preset(family, (shapes.get("conv_in.weight") or (None,))[0], None, str(path), "folder")
+    shapes = read_shapes(path)
+    if shapes is None:
+        return None
+    width = (shapes.get(UNET_PREFIX + "input_blocks.0.0.weight") or (None,))[0]
+    return resolve_preset(recognise_family(shapes), width, None, str(path), "checkpoint")
 
 
 def load_sd(

@@ -86,6 +86,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]] | None:
+    """The tensor names and shapes of a ``.safetensors`` file from its header alone (no tensor is read); None
+    for other files (a ``.ckpt`` must be unpickled to list them) or one that does not open."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # unreadable: the loader reports it with its one line
+        return None
+
+
 def write_single_file(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
     """Write ``state`` as ``.safetensors`` (with ``metadata``), else as a ``.ckpt`` with ``{"state_dict": ...}``.
 
