@@ -21,7 +21,7 @@ from oft.control.checkpoint import (
 from oft.control.hint import HINT_WIDTHS, scaled_widths
 from oft.sd import load_sd
 from oft.sd.targets import CONTROL_TARGETS, match_targets
-from tests.helpers.control import tiny_sd_file
+from tests.helpers.control import random_skew_rotations_, tiny_sd_file
 
 tool = tool_add_control_oft_cli
 
@@ -98,11 +98,7 @@ def test_adapter_only_references_the_base_and_round_trips_trained_values(base, t
 def test_a_skew_trained_control_model_stores_packed_rotations(base, tmp_path, suffix):
     ini = build_initial(base, tmp_path / "ini.safetensors", r=2, eps=None, coft=False, adapter_only=True)
     cm = load_control(ini)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for _, layer in oft_layers.oft_modules(cm.sd.unet):
-            A = torch.randn(layer.R.shape, generator=gen) * 0.01
-            layer.R.copy_(A - A.transpose(-1, -2))  # exactly skew, as training keeps it
+    random_skew_rotations_(cm.sd.unet, 0.01, torch.Generator().manual_seed(0))
     path = save_control(cm, tmp_path / f"trained{suffix}")
     tensors, meta, _ = read_control(path)
     assert meta["format_version"] == "2"

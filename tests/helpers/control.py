@@ -22,6 +22,18 @@ def tiny_sd_file(folder: Path, seed: int = 0, name: str = "sd.ckpt") -> Path:
     return save_single_file(build_sd("tiny", seed=seed), folder / name)
 
 
+def random_skew_rotations_(unet, scale: float, generator) -> None:
+    """Every OFT layer's R set to ``A - A^T`` with ``A ~ scale * N(0, 1)``: exactly skew, as training keeps it."""
+    import torch
+
+    import oft_layers
+
+    with torch.no_grad():
+        for _, layer in oft_layers.oft_modules(unet):
+            A = torch.randn(layer.R.shape, generator=generator) * scale
+            layer.R.copy_(A - A.transpose(-1, -2))
+
+
 def initial_model(folder: Path, base: Path, *adapter: str) -> Path:
     """``tool_add_control_oft.py --adapter-only`` on ``base``: the step-0 control model, flags ``adapter``."""
     tool = tool_add_control_oft_cli

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-import oft_layers
 from oft.control.checkpoint import build_initial, load_control, save_control
 from oft.control.hint import scaled_widths
 from oft.demo.app_model import APP_BASE
+from tests.helpers.control import random_skew_rotations_
 
 SIZE = 32  # pixels: 4 x 4 latents on the tiny preset
 
@@ -30,10 +30,8 @@ def random_control_file(folder: Path, **meta: object) -> Path:
     )
     cm = load_control(ini)
     gen = torch.Generator().manual_seed(0)
+    random_skew_rotations_(cm.sd.unet, 0.1, gen)
     with torch.no_grad():
-        for _, layer in oft_layers.oft_modules(cm.sd.unet):
-            A = torch.randn(layer.R.shape, generator=gen) * 0.1
-            layer.R.copy_(A - A.transpose(-1, -2))  # exactly skew, as training keeps it
         for conv in cm.hint.modules():  # He-normal: features of order 1 after seven SiLU layers
             if isinstance(conv, torch.nn.Conv2d):
                 fan_in = conv.weight[0].numel()
