@@ -203,3 +203,24 @@ def test_a_file_of_another_base_is_refused_in_one_line(tmp_path):
     assert (
         resolve_preset("sd2", 48, None, "f", "checkpoint") == "sd21"
     )  # unknown width: the key check names it
+
+
+@pytest.mark.parametrize("preset", ["sd21", "sdxl"])
+def test_the_real_architectures_round_trip_through_the_file_layout_without_memory(preset):
+    """Weight-free (meta) networks of the real base -> their original file layout -> back through the loader's
+    converters (diffusers' for UNet, VAE and OpenCLIP): every network gets exactly its own names and shapes."""
+    from oft.sd.configs import base_of, preset_config
+    from oft.sd.keymaps import TEXT_LAYOUTS, text_from_ldm, unet_vae_from_ldm
+
+    sd = build_sd(preset, device="meta")
+    ldm = to_ldm_state_dict(sd)
+    cfg = preset_config(preset)
+
+    def shapes(state: dict) -> dict:
+        return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("position_ids")}
+
+    unet, vae = unet_vae_from_ldm(ldm, cfg["unet"], cfg["vae"])
+    assert shapes(unet) == shapes(sd.unet.state_dict()) and shapes(vae) == shapes(sd.vae.state_dict())
+    for part, layout in TEXT_LAYOUTS[base_of(preset).family].items():
+        net = getattr(sd, part)
+        assert shapes(text_from_ldm(ldm, layout, net)) == shapes(net.state_dict()), part
