@@ -19,6 +19,7 @@ import oft.db.train as train_mod
 import oft_layers
 from oft.cli.control import test_oft_parallel as sampler
 from oft.cli.control import train
+from oft.cli.db import generate as generate_cli
 from oft.cli.db import merge_adapter as merge_cli
 from oft.cli.db import train_dreambooth_oft as db_cli
 from oft.control.checkpoint import load_control
@@ -157,3 +158,8 @@ def test_dreambooth_trains_resumes_and_exports_on_the_base(db_setup, monkeypatch
     assert (ours - plain).abs().max() > EFFECT * same["atol"]
     with pytest.raises(ValueError, match="the web-UI file names SD1.x's layers"):
         export("webui", tmp_path / "ui.safetensors")
+    # generate.py: the adapter in the base's diffusers pipeline (SDXL: StableDiffusionXLPipeline)
+    argv = ["--base", str(path), "--adapter", str(full), "--num_images", "1", "--steps", "2", "--resolution", "64",
+            "--output_dir", str(tmp_path / "gen"), "--device", "cpu"]  # fmt: skip
+    (image,) = generate_cli.main(generate_cli.parse_args(argv))
+    assert np.asarray(Image.open(image)).shape == (64, 64, 3)

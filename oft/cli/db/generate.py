@@ -38,7 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=preset.guidance,
         help="classifier-free guidance (default: %(default)s)",
     )
-    p.add_argument("--resolution", type=int, default=512, help="image height and width")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="image height and width [default: the base's: 512 SD1.5, 768 SD2.1, 1024 SDXL]",
+    )
     p.add_argument("--output_dir", default="outputs/samples", help="where 00.png, 01.png, ... are written")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     p.add_argument("--fp16", action="store_true", help="half precision (GPU)")
@@ -65,8 +70,8 @@ def main(args: argparse.Namespace) -> list[Path]:
             negative_prompt=args.negative_prompt or None,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
-            height=args.resolution,
-            width=args.resolution,
+            height=args.resolution or models.base.resolution,
+            width=args.resolution or models.base.resolution,
             generator=torch.Generator().manual_seed(args.seed + i),
             output_type="pt",
         ).images[0]
