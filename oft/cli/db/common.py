@@ -24,7 +24,7 @@ def add_benchmark_folders(p: Flags, holds: str, runs: str) -> None:
 
 
 def add_adapter_flags(p: Flags) -> None:
-    """``--adapter`` (a trained adapter file or PEFT folder) and ``--base`` (the SD1.5 it was trained on)."""
+    """``--adapter`` (a trained adapter file or PEFT folder) and ``--base`` (the SD base it was trained on)."""
     p.add_argument(
         "--adapter",
         required=True,
@@ -33,5 +33,5 @@ def add_adapter_flags(p: Flags) -> None:
     p.add_argument(
         "--base",
         default=DreamBoothConfig.pretrained_model,
-        help="the SD1.5 it was trained on (file or diffusers folder; default: %(default)s)",
+        help="the SD base it was trained on, SD1.5, SD2.1 or SDXL (file or diffusers folder; default: %(default)s)",
     )

@@ -1,5 +1,5 @@
-"""Export a trained DreamBooth-OFT adapter: merged into SD1.5 as a standalone model any SD tool opens, or as an
-adapter PEFT, AUTOMATIC1111 and ComfyUI load.
+"""Export a trained DreamBooth-OFT adapter: merged into its base (SD1.5, SD2.1, SDXL) as a standalone model any SD
+tool opens, or as an adapter PEFT, AUTOMATIC1111 and ComfyUI (SD1.5) load.
 
     python oft-db/merge_adapter.py --adapter outputs/dreambooth/dog-0/adapter.safetensors --output models/dog-0
     python oft-db/merge_adapter.py --adapter ... --output models/dog-0.safetensors --format single-file
@@ -8,7 +8,7 @@ adapter PEFT, AUTOMATIC1111 and ComfyUI load.
     python oft-db/merge_adapter.py --adapter exports/dog-0-peft --output dog-0.safetensors --format adapter
 
 ``diffusers`` writes a ``StableDiffusionPipeline.save_pretrained`` folder; ``single-file`` writes the original
-LDM key layout (``.safetensors`` or ``.ckpt``), like ``v1-5-pruned.ckpt``: the rotations are folded into the
+LDM key layout (``.safetensors`` or ``.ckpt``), like ``v1-5-pruned.ckpt`` (each base in its own): the rotations are folded into the
 attention weights, so the model is exactly as large and as fast as the base. ``peft`` writes a folder for
 ``PeftModel.from_pretrained(unet, folder)``; ``webui`` the per-layer weight differences the web UIs apply to any
 SD1.5 checkpoint (put the file in A1111's models/Lora or ComfyUI's models/loras). ``--adapter`` also takes a PEFT
