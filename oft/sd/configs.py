@@ -240,18 +240,11 @@ class Base:
     resolution: int  # the image size it was trained at, in pixels
     prediction: str  # the UNet's target: "epsilon" (the noise) or "v_prediction" (the velocity)
     pad_tokens: tuple[str, ...]  # per text encoder: the token prompts are padded with
-    hidden_layer: str  # the text encoders' output used as context: "last" (SD1/2) or "penultimate" (SDXL)
-
-    @property
-    def text_encoders(self) -> int:
-        return len(self.pad_tokens)
 
 
-_SD1 = dict(family="sd1", prediction="epsilon", pad_tokens=(EOS_TOKEN,), hidden_layer="last")
-_SD2 = dict(family="sd2", prediction="v_prediction", pad_tokens=(BANG_TOKEN,), hidden_layer="last")
-_SDXL = dict(
-    family="sdxl", prediction="epsilon", pad_tokens=(EOS_TOKEN, BANG_TOKEN), hidden_layer="penultimate"
-)
+_SD1 = dict(family="sd1", prediction="epsilon", pad_tokens=(EOS_TOKEN,))
+_SD2 = dict(family="sd2", prediction="v_prediction", pad_tokens=(BANG_TOKEN,))
+_SDXL = dict(family="sdxl", prediction="epsilon", pad_tokens=(EOS_TOKEN, BANG_TOKEN))
 BASES: dict[str, Base] = {
     "sd15": Base(resolution=512, **_SD1),
     "sd21": Base(resolution=768, **_SD2),
