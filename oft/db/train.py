@@ -44,6 +44,7 @@ from oft.db.layout import ADAPTER_NAME, LOG_FILE, RUN_INFO, VALIDATION_DIR
 from oft.db.validation import merged_for_inference, validation_images
 from oft.sd import load_sd
 from oft.sd.conditioning import Conditioning
+from oft.sd.configs import REAL_BASES
 from oft.sd.models import SDModels
 from oft.sd.targets import target_set
 
@@ -183,6 +184,15 @@ def load_base(cfg: DreamBoothConfig, inputs: Inputs, device: torch.device) -> SD
         raise ValueError(
             f"{inputs.checkpoint} was trained from base {inputs.state['meta'].get('base_model')}, this run "
             f"loads {models.identity}: resume with the same --pretrained_model (or --resume_from_checkpoint none)"
+        )
+    native = models.base.resolution
+    if cfg.resolution != native and models.preset in REAL_BASES:
+        logger.warning(
+            "training %s at %d px; it was trained at %d px (--resolution %d)",
+            models.preset,
+            cfg.resolution,
+            native,
+            native,
         )
     return models
 
