@@ -508,3 +508,11 @@ def test_extended_targets_with_the_channel_conv_layout_train_and_reload(setup, f
     a = np.asarray(Image.open(adapter.parent / "validation" / "step-000002" / "00.png"))
     b = np.asarray(Image.open(adapter.parent / "validation" / "final" / "00.png"))
     assert np.array_equal(a, b)
+
+
+def test_a_real_base_at_another_size_than_its_own_is_warned_about():
+    assert train_mod.size_warning("sdxl", 512) == (
+        "training sdxl at 512 px; it was trained at 1024 px (--resolution 1024)"
+    )
+    assert train_mod.size_warning("sd15", 512) is None and train_mod.size_warning("sd21", 768) is None
+    assert train_mod.size_warning("tiny-sdxl", 64) is None and train_mod.size_warning("tiny", 32) is None

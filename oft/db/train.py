@@ -44,7 +44,7 @@ from oft.db.layout import ADAPTER_NAME, LOG_FILE, RUN_INFO, VALIDATION_DIR
 from oft.db.validation import merged_for_inference, validation_images
 from oft.sd import load_sd
 from oft.sd.conditioning import Conditioning
-from oft.sd.configs import REAL_BASES
+from oft.sd.configs import REAL_BASES, base_of
 from oft.sd.models import SDModels
 from oft.sd.targets import target_set
 
@@ -185,16 +185,18 @@ def load_base(cfg: DreamBoothConfig, inputs: Inputs, device: torch.device) -> SD
             f"{inputs.checkpoint} was trained from base {inputs.state['meta'].get('base_model')}, this run "
             f"loads {models.identity}: resume with the same --pretrained_model (or --resume_from_checkpoint none)"
         )
-    native = models.base.resolution
-    if cfg.resolution != native and models.preset in REAL_BASES:
-        logger.warning(
-            "training %s at %d px; it was trained at %d px (--resolution %d)",
-            models.preset,
-            cfg.resolution,
-            native,
-            native,
-        )
+    warning = size_warning(models.preset, cfg.resolution)
+    if warning:
+        logger.warning(warning)
     return models
+
+
+def size_warning(preset: str, resolution: int) -> str | None:
+    """What to say when a real base trains at another size than its own (SDXL at the default 512 px)."""
+    native = base_of(preset).resolution
+    if preset not in REAL_BASES or resolution == native:
+        return None
+    return f"training {preset} at {resolution} px; it was trained at {native} px (--resolution {native})"
 
 
 def make_class_images(cfg: DreamBoothConfig, models: SDModels) -> tuple[list[Path] | None, int]:
