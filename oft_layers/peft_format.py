@@ -122,8 +122,8 @@ def peft_adapter(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
         for name, layer in layers:
             R = layer.R.detach().expand(blocks, -1, -1) if share else layer.R.detach()
             s = layer.s.detach() if layer.s is not None else torch.ones(layer.out_features, dtype=R.dtype)
-            tensors[f"{PREFIX}{name}.boft_R"] = skew(R)[None].contiguous()
-            tensors[f"{PREFIX}{name}.boft_s"] = s[:, None].contiguous()
+            tensors[f"{PREFIX}{name}.boft_R"] = skew(R)[None]
+            tensors[f"{PREFIX}{name}.boft_s"] = s[:, None]
         config = {
             **_COMMON,
             "peft_type": "BOFT",
@@ -230,6 +230,7 @@ def _oft_layers(config: dict, tensors: dict, modules: dict, ours: dict) -> tuple
     """Our per-layer options and R of a PEFT OFT adapter."""
     neumann = bool(config.get("use_cayley_neumann", True))
     terms = our_neumann_terms(int(config.get("num_cayley_neumann_terms", 5))) if neumann else 5
+    share, coft = bool(config.get("block_share", False)), bool(config.get("coft", False))
     options, sd = {}, {}
     for name, parts in _by_module(tensors, (OFT_KEY,)).items():
         linear, packed = _target(modules, name), parts[OFT_KEY]
@@ -238,7 +239,6 @@ def _oft_layers(config: dict, tensors: dict, modules: dict, ours: dict) -> tuple
         except ValueError as err:
             raise PeftFormatError(f"{name}: {err}") from None
         k, b = S.shape[0], S.shape[-1]
-        share = bool(config.get("block_share", False))
         if packed.dim() != 2 or linear.in_features % b or (share and k != 1):
             raise PeftFormatError(f"{name}: oft_R of shape {tuple(packed.shape)} does not fit {linear}")
         r = linear.in_features // b
@@ -246,7 +246,6 @@ def _oft_layers(config: dict, tensors: dict, modules: dict, ours: dict) -> tuple
             raise PeftFormatError(
                 f"{name}: {k} blocks of {b} do not cover {linear.in_features} input features"
             )
-        coft = bool(config.get("coft", False))
         cfg = OFTConfig(
             r=r,
             coft=coft,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from oft.cli.db import train_dreambooth_oft as train_cli
 from oft.common.images import list_images
-from oft.db.class_images import RECIPES, ensure_class_images
+from oft.db.class_images import class_recipe, ensure_class_images
 from oft.db.config import DreamBoothConfig
 from oft.sd import build_sd
 from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_CLASS_DDIM, SamplerPreset
@@ -22,19 +22,19 @@ from oft.specs.sampling import DREAMBOOTH_CLASS, DREAMBOOTH_CLASS_DDIM, SamplerP
 def test_reference_recipe_is_the_default():
     cfg = DreamBoothConfig()
     assert cfg.class_images == "reference" and cfg.num_class_images == 200 and cfg.class_inference_steps == 50
-    reference = RECIPES[cfg.class_images]
+    reference = class_recipe(cfg.class_images)
     assert reference.sampling == DREAMBOOTH_CLASS == SamplerPreset("pndm", 50, 7.5)
     assert reference.suffix == ".jpg"
     # the stock pipeline's torch_dtype: float16 on a GPU whatever the run's dtype, float32 on a CPU
     assert reference.dtype(torch.device("cuda"), torch.float32) == torch.float16
     assert reference.dtype(torch.device("cpu"), torch.bfloat16) == torch.float32
-    ddim = RECIPES["ddim"]
+    ddim = class_recipe("ddim")
     assert ddim.sampling == DREAMBOOTH_CLASS_DDIM == SamplerPreset("ddim", 50, 7.5) and ddim.suffix == ".png"
     assert ddim.dtype(torch.device("cuda"), torch.bfloat16) == torch.bfloat16
 
 
 def few_steps(name: str):
-    recipe = RECIPES[name]
+    recipe = class_recipe(name)
     return replace(recipe, sampling=replace(recipe.sampling, steps=2))
 
 
@@ -50,14 +50,14 @@ def test_reference_recipe_writes_jpeg_and_ddim_png(models, tmp_path):
         kwargs = {"size": 64, "batch_size": 2, "recipe": few_steps(name), "progress": False}
         assert ensure_class_images(models, folder, "a photo of cat", 3, **kwargs) == 3
         assert ensure_class_images(models, folder, "a photo of cat", 3, **kwargs) == 0  # cached
-        suffix = RECIPES[name].suffix
+        suffix = class_recipe(name).suffix
         assert [p.name for p in list_images(folder)] == [f"000{k}{suffix}" for k in range(3)]
         with Image.open(folder / f"0000{suffix}") as im:
             assert im.format == {".jpg": "JPEG", ".png": "PNG"}[suffix] and im.size == (64, 64)
             made[name] = np.asarray(im.convert("RGB"), dtype=np.float32)
         meta = json.loads((folder / "class_images.json").read_text())
         assert (meta["sampler"], meta["suffix"], meta["dtype"]) == (
-            RECIPES[name].sampling.sampler,
+            class_recipe(name).sampling.sampler,
             suffix,
             "torch.float32",  # a CPU: no float16 there
         )

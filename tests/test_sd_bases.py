@@ -67,12 +67,11 @@ def test_sdxl_conditions_are_both_penultimate_layers_the_pooled_embedding_and_th
     assert torch.equal(plain.context, sd2.text_encoder(sd2.tokenize(["a cat"])).last_hidden_state)
 
 
-def test_conditions_concatenate_repeat_and_take_other_sizes():
+def test_conditions_concatenate_and_take_other_sizes():
     sd = build_sd("tiny-sdxl")
     a, b = sd.condition(["a"]), sd.condition(["b", "c"])
     both = Conditioning.cat([a, b])
     assert len(both) == 3 and torch.equal(both.index([1, 2]).pooled, b.pooled)
-    assert torch.equal(a.repeat(2).context, torch.cat([a.context, a.context]))
     ids = size_ids(3, (512, 384), (7, 0), (64, 64))
     assert torch.equal(both.with_time_ids(ids).time_ids, ids) and torch.equal(
         both.with_time_ids(ids).context, both.context

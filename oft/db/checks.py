@@ -74,8 +74,7 @@ def check_inputs(cfg: DreamBoothConfig, out: Path) -> Inputs:
     # r against the base's layer widths from its config (no weights), the base read from the file's header
     # (SD1.5 where that needs loading: a .ckpt); the trainer checks again on the loaded model, still before any
     # class image is made
-    preset = peek_preset(cfg.pretrained_model) if Path(cfg.pretrained_model).exists() else None
-    preset = preset or "sd15"
+    preset = peek_preset(cfg.pretrained_model) or "sd15"
     check_block_sizes(unet_without_weights(preset), cfg.oft_options(), cfg.targets, base_name(preset))
     checkpoint = find_checkpoint(out, cfg.resume_from_checkpoint)
     state = read_state(checkpoint) if checkpoint is not None else None  # tensors and plain values only

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from oft.common.files import atomic_write_bytes, temporaries
 from oft.common.images import list_images, write_jpg, write_png
+from oft.db.config import CLASS_IMAGES
 from oft.sd.models import SDModels
 from oft.sd.sampling import sample
 from oft.specs.sampling import DREAMBOOTH_CLASS_DDIM, STOCK_CLASS, SamplerPreset
@@ -61,10 +62,9 @@ def class_recipe(name: str, family: str = "sd1") -> ClassImageRecipe:
         return ClassImageRecipe(STOCK_CLASS[family], ".jpg", half_on_gpu=True)
     if name == "ddim":
         return ClassImageRecipe(DREAMBOOTH_CLASS_DDIM, ".png", half_on_gpu=False)
-    raise ValueError(f"unknown class-image recipe {name!r}: choose 'reference' or 'ddim'")
+    raise ValueError(f"unknown class-image recipe {name!r}: choose one of {CLASS_IMAGES}")
 
 
-RECIPES = {name: class_recipe(name) for name in ("reference", "ddim")}  # SD1.5's
 WRITERS: dict[str, Callable] = {".jpg": write_jpg, ".png": write_png}
 METADATA = "class_images.json"
 RECIPE_KEYS = ("sampler", "steps", "guidance", "eta", "suffix")
@@ -91,14 +91,16 @@ def ensure_class_images(
     size: int,
     seed: int = 0,
     batch_size: int = 4,
-    recipe: ClassImageRecipe = RECIPES["reference"],
+    recipe: ClassImageRecipe | None = None,
     progress: bool = True,
 ) -> int:
     """Make sure ``folder`` holds at least ``num_images`` images of ``prompt``; generate the missing ones with
-    the base model (``models`` must not carry a trained adapter yet) and ``recipe`` (default: the reference's).
+    the base model (``models`` must not carry a trained adapter yet) and ``recipe`` (default: "reference" for
+    that base, ``class_recipe``).
     Returns how many were generated (0 when the cache was complete). A folder made for another prompt or recipe
     is refused."""
     folder = Path(folder)
+    recipe = recipe or class_recipe("reference", models.base.family)
     dtype = recipe.dtype(models.device, models.dtype)
     meta = {"prompt": prompt, "size": size, "seed": seed, **recipe.record(), "dtype": str(dtype)}
     with folder_lock(folder):

@@ -22,7 +22,7 @@ from oft_layers.config import CONV_LAYOUTS
 SAMPLERS = ("ddim", "dpm")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 AT_LEAST_ONE = ("r", "train_batch_size", "max_train_steps", "gradient_accumulation_steps")
-CLASS_IMAGES = ("reference", "ddim")  # oft.db.class_images.RECIPES
+CLASS_IMAGES = ("reference", "ddim")  # oft.db.class_images.class_recipe
 DEFAULT_STEPS = 2005
 REFERENCE_STEPS = 10005  # the reference's oft-db/train_dreambooth_oft.sh at df2b263, line 178
 

@@ -59,32 +59,27 @@ def to_pipeline(models):
     ``StableDiffusionXLPipeline`` (an empty negative prompt as zeros, its default; no watermark), with the
     sampler the reference validated with (``DREAMBOOTH_VALIDATION``: DPM-Solver++); safety checker off, as in
     research use."""
-    scheduler = make_scheduler(DREAMBOOTH_VALIDATION.sampler, models.noise_scheduler.config)
+    parts = {
+        "vae": models.vae,
+        "text_encoder": models.text_encoder,
+        "tokenizer": models.tokenizer,
+        "unet": models.unet,
+        "scheduler": make_scheduler(DREAMBOOTH_VALIDATION.sampler, models.noise_scheduler.config),
+    }
     if models.text_encoder_2 is not None:
         from diffusers import StableDiffusionXLPipeline  # diffusers' pipelines load only for an export
 
         return StableDiffusionXLPipeline(
-            vae=models.vae,
-            text_encoder=models.text_encoder,
+            **parts,
             text_encoder_2=models.text_encoder_2,
-            tokenizer=models.tokenizer,
             tokenizer_2=models.tokenizer_2,
-            unet=models.unet,
-            scheduler=scheduler,
             force_zeros_for_empty_prompt=True,
             add_watermarker=False,
         )
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=models.vae,
-        text_encoder=models.text_encoder,
-        tokenizer=models.tokenizer,
-        unet=models.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
 
 

@@ -38,10 +38,6 @@ class Conditioning:
         """On ``device`` in ``dtype`` (the UNet's); the size numbers keep their values."""
         return self._map(lambda x: x.to(device=device, dtype=dtype))
 
-    def repeat(self, k: int) -> Conditioning:
-        """Every item ``k`` times in a row, as ``repeat_interleave`` (k samples per prompt)."""
-        return self._map(lambda x: x.repeat_interleave(k, dim=0))
-
     def index(self, rows: Tensor | slice | Sequence[int]) -> Conditioning:
         """The items ``rows``."""
         return self._map(lambda x: x[rows])

@@ -10,6 +10,7 @@ diffusers' converters see them, so any missing, unexpected or mis-shaped key is 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -145,16 +146,30 @@ def _filled(nets: dict[str, nn.Module], state_dicts: dict[str, dict[str, Tensor]
     return filled
 
 
-def _width(weight: Tensor | None) -> int | None:
-    return None if weight is None else weight.shape[0]
+_SINGLE_FILE_CONV_IN, _FOLDER_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight", "conv_in.weight"
+
+
+def _preset_of(
+    family: str | None,
+    shapes: Mapping[str, Sequence[int]],
+    conv_in: str,
+    preset: str | None,
+    source: str,
+    kind: str,
+) -> str:
+    """``resolve_preset`` for weights of these ``shapes`` (the UNet's first width from its ``conv_in`` key)."""
+    shape = shapes.get(conv_in)
+    return resolve_preset(family, None if shape is None else shape[0], preset, source, kind)
 
 
 def _single_file_networks(path: Path, preset: str | None, ema: bool) -> tuple[str, dict[str, nn.Module]]:
     checkpoint = read_single_file(path)
     if ema:
         checkpoint = take_ema(checkpoint, str(path))
-    width = _width(checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight"))
-    preset = resolve_preset(recognise_family(checkpoint), width, preset, str(path), "checkpoint")
+    shapes = {k: v.shape for k, v in checkpoint.items()}
+    preset = _preset_of(
+        recognise_family(shapes), shapes, _SINGLE_FILE_CONV_IN, preset, str(path), "checkpoint"
+    )
     family = base_of(preset).family
     expected, unused = expected_ldm_keys(preset)
     check_ldm_keys(checkpoint, expected, str(path), optional=unused, family=family)
@@ -168,12 +183,13 @@ def _single_file_networks(path: Path, preset: str | None, ema: bool) -> tuple[st
     return preset, _filled(nets, state_dicts, str(path))
 
 
-def _folder_family(unet: dict[str, Tensor]) -> str:
-    """The family of a diffusers UNet's weights: SDXL has the added embedding, SD2 linear ``proj_in``s."""
+def _folder_family(unet: Mapping[str, Sequence[int]]) -> str:
+    """The family of a diffusers UNet from its weights' shapes: SDXL has the added embedding, SD2 linear
+    ``proj_in``s."""
     if "add_embedding.linear_1.weight" in unet:
         return "sdxl"
     proj_in = unet.get("mid_block.attentions.0.proj_in.weight")
-    return "sd2" if proj_in is not None and proj_in.ndim == 2 else "sd1"
+    return "sd2" if proj_in is not None and len(proj_in) == 2 else "sd1"
 
 
 def _folder_networks(path: Path, preset: str | None) -> tuple[str, dict[str, nn.Module]]:
@@ -185,8 +201,10 @@ def _folder_networks(path: Path, preset: str | None) -> tuple[str, dict[str, nn.
         return read_single_file(found)
 
     parts = {part: read(part) for part in ("unet", "vae", "text_encoder")}
-    width = _width(parts["unet"].get("conv_in.weight"))
-    preset = resolve_preset(_folder_family(parts["unet"]), width, preset, str(path), "diffusers folder")
+    shapes = {k: v.shape for k, v in parts["unet"].items()}
+    preset = _preset_of(
+        _folder_family(shapes), shapes, _FOLDER_CONV_IN, preset, str(path), "diffusers folder"
+    )
     nets = _empty_networks(preset)
     parts.update({part: read(part) for part in nets if part not in parts})
     for part in TEXT_LAYOUTS[base_of(preset).family]:
@@ -203,13 +221,11 @@ def peek_preset(path: str | os.PathLike) -> str | None:
         shapes = None if unet is None else read_shapes(unet)
         if shapes is None:
             return None
-        family = _folder_family({k: torch.empty(v, device="meta") for k, v in shapes.items()})
-        return resolve_preset(family, (shapes.get("conv_in.weight") or (None,))[0], None, str(path), "folder")
+        return _preset_of(_folder_family(shapes), shapes, _FOLDER_CONV_IN, None, str(path), "folder")
     shapes = read_shapes(path)
     if shapes is None:
         return None
-    width = (shapes.get(UNET_PREFIX + "input_blocks.0.0.weight") or (None,))[0]
-    return resolve_preset(recognise_family(shapes), width, None, str(path), "checkpoint")
+    return _preset_of(recognise_family(shapes), shapes, _SINGLE_FILE_CONV_IN, None, str(path), "checkpoint")
 
 
 def load_sd(

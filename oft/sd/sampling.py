@@ -143,7 +143,7 @@ def denoise(
     unet: torch.nn.Module,
     scheduler: SchedulerMixin,
     noise: Tensor,
-    cond: Conditioning | Tensor,
+    cond: Conditioning,
     guidance: float,
     unet_kwargs_fn: Callable[[Tensor, Tensor], dict[str, Any]] | None = None,
     step_kwargs: dict[str, Any] | None = None,
@@ -151,10 +151,8 @@ def denoise(
 ) -> Tensor:
     """The sampling loop over ``scheduler.timesteps`` (already set): noise (B, 4, h, w) -> latents (B, 4, h, w).
 
-    ``cond`` holds 2B items ``cat([uncond, cond])`` when ``guidance != 1``, else B (a bare context tensor
-    (·, 77, d) stands for ``Conditioning(context)``).
+    ``cond`` holds 2B items ``cat([uncond, cond])`` when ``guidance != 1``, else B.
     """
-    cond = cond if isinstance(cond, Conditioning) else Conditioning(cond)
     cfg = guidance != 1.0
     latents = noise * scheduler.init_noise_sigma
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 
 # Every transformer block of the UNet: down_blocks.i.attentions.j / mid_block.attentions.0 / up_blocks.i.attentions.j
-_BLOCK = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\.transformer_blocks\.\d+"
+# A level of the UNet: down_blocks.i, mid_block or up_blocks.i
+LEVEL = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)"
+_BLOCK = LEVEL + r"\.attentions\.\d+\.transformer_blocks\.\d+"
 
 # oft-control: attn1/attn2 q, k, v, out and the GEGLU input projection: 9 linears x 16 blocks = 144 on SD1.5.
 CONTROL_TARGETS: tuple[str, ...] = (
@@ -22,7 +24,7 @@ CONTROL_TARGETS: tuple[str, ...] = (
 DB_TARGETS: tuple[str, ...] = (_BLOCK + r"\.attn[12]\.to_(?:q|k|v|out\.0)",)
 
 # Every ResBlock of the UNet: down_blocks.i.resnets.j / mid_block.resnets.j / up_blocks.i.resnets.j
-_RESNET = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)\.resnets\.\d+"
+_RESNET = LEVEL + r"\.resnets\.\d+"
 
 # The appendix ablation of where OFT goes (paper Table 5, the reference's inject_trainable_oft_conv and
 # inject_trainable_oft_extended in oft-control/oft.py): "conv" wraps every nn.Conv2d under a ResBlock (the 3x3

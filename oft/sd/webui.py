@@ -47,18 +47,18 @@ from torch import Tensor, nn
 
 import oft_layers
 from oft.common.files import atomic_write
+from oft.sd.targets import LEVEL
 
 PREFIX = "lora_unet_"
 SUFFIX = ".diff"
 FORMAT = "webui-diff"
 WEBUI_DTYPES = (torch.float16, torch.float32)
 
-_LEVEL = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)"
 # Every Linear/Conv2d of an SD1.x UNet, as diffusers names them: the modules both UIs' tables hold.
 _MAPPABLE = re.compile(
     r"conv_in|conv_out|time_embedding\.linear_[12]"
-    rf"|{_LEVEL}\.resnets\.\d+\.(?:conv1|conv2|conv_shortcut|time_emb_proj)"
-    rf"|{_LEVEL}\.attentions\.\d+\.(?:proj_in|proj_out"
+    rf"|{LEVEL}\.resnets\.\d+\.(?:conv1|conv2|conv_shortcut|time_emb_proj)"
+    rf"|{LEVEL}\.attentions\.\d+\.(?:proj_in|proj_out"
     r"|transformer_blocks\.\d+\.(?:attn[12]\.to_(?:q|k|v|out\.0)|ff\.net\.0\.proj|ff\.net\.2))"
     r"|down_blocks\.\d+\.downsamplers\.0\.conv|up_blocks\.\d+\.upsamplers\.0\.conv"
 )

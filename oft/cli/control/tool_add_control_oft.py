@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         *flag_names("input_path"),
         dest="input_path",
         default=str(models_root() / "v1-5-pruned.ckpt"),
-        help="SD1.5 single-file checkpoint (.ckpt/.safetensors) or diffusers folder [default: %(default)s]",
+        help="SD single-file checkpoint (.ckpt/.safetensors; SD1.5, SD2.1 or SDXL) or diffusers folder "
+        "[default: %(default)s]",
     )
     p.add_argument(
         *flag_names("output_path"),
